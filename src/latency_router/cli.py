@@ -1,0 +1,77 @@
+"""The `latency-router` command line: one sub-command per job, each in the module that owns it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("-c", "--config", dest="config", required=required, metavar="FILE", help="TOML config file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latency-router",
+        description="Measure client-to-region latency over direct and accelerator paths, and decide where clients go.",
+    )
+    from latency_router import __version__
+
+    parser.add_argument("--version", action="version", version=f"latency-router {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run the daemon (starts the built-in lab when the config has a [lab] section)")
+    _add_config(p)
+    p.add_argument("--duration", default=None, metavar="D", help="stop after this long (e.g. 30s); default: until a signal")
+
+    p = sub.add_parser("check-config", help="validate a config: exit 0, or 2 with one line per problem on stderr")
+    p.add_argument("file", nargs="?", metavar="FILE")
+    _add_config(p, required=False)
+
+    p = sub.add_parser("probe", help="one-off measurement of a target URL, fping-like")
+    p.add_argument("url", help="udp://HOST:PORT, tcp://HOST:PORT, http(s)://HOST[:PORT]/PATH, icmp://HOST, dns://SERVER[:PORT]/NAME")
+    p.add_argument("--count", "-n", type=int, default=5, metavar="N", help="probes to send (default 5)")
+    p.add_argument("--interval", "-i", default="1s", metavar="D", help="time between probes (default 1s)")
+    p.add_argument("--timeout", "-t", default="1s", metavar="D", help="how long to wait for each reply (default 1s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    p = sub.add_parser("lab", help="run the emulated regions of a config, with injected delay, loss and events")
+    _add_config(p)
+    p.add_argument("--duration", default=None, metavar="D", help="stop after this long; default: until a signal")
+
+    p = sub.add_parser("responder", help="region-side UDP echo reflector (RFC 862-compatible)")
+    p.add_argument("--listen", default="udp://0.0.0.0:7007", metavar="udp://HOST:PORT")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        from latency_router.config import check_config_main
+
+        path = args.file or args.config
+        if not path:
+            print("check-config: give the config file (FILE or -c FILE)", file=sys.stderr)
+            return 2
+        return check_config_main(path)
+    if args.command == "probe":
+        from latency_router.probes.cli import probe_main
+
+        return probe_main(args)
+    if args.command == "responder":
+        from latency_router.probes.responder import responder_main
+
+        return responder_main(args.listen)
+    if args.command == "lab":
+        from latency_router.lab.cli import lab_main
+
+        return lab_main(args.config, args.duration)
+    if args.command == "run":
+        from latency_router.daemon import run_main
+
+        return run_main(args.config, args.duration)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
