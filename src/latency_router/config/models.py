@@ -1,0 +1,265 @@
+"""The typed, frozen config model: one class per TOML table, unknown keys rejected, values parsed once."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    Strict,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from latency_router.config import fields
+from latency_router.config.checks import cross_reference_problems, key_path
+from latency_router.durations import format_duration
+
+POLICY_NAMES: tuple[str, ...] = ("latency", "failover", "weighted", "geolocation", "geoproximity", "multivalue")
+LAB_MODES: tuple[str, ...] = ("auto", "nfqueue", "userspace")
+LAB_EVENT_KINDS: tuple[str, ...] = ("outage", "step")
+
+# context key: the loader runs the cross-reference checks itself, on the raw data, so they run even when a field fails
+SKIP_CROSS_CHECK = "skip_cross_check"
+
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Str = Annotated[str, Strict()]
+Name = Annotated[str, PlainValidator(fields.name)]
+Duration = Annotated[float, PlainValidator(fields.duration), PlainSerializer(format_duration, when_used="json")]
+OptionalDuration = Annotated[
+    float | None, PlainValidator(fields.duration), PlainSerializer(lambda s: s if s is None else format_duration(s), when_used="json")
+]
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, PlainValidator(fields.cidr)]
+Country = Annotated[str, PlainValidator(fields.country)]
+Latitude = Annotated[float, Strict(), Field(ge=-90, le=90)]
+Longitude = Annotated[float, Strict(), Field(ge=-180, le=180)]
+Ratio = Annotated[float, Strict(), Field(ge=0, le=1)]
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+
+
+def _choice(what: str, allowed: tuple[str, ...]) -> PlainValidator:
+    return PlainValidator(lambda value: fields.one_of(value, what, allowed))
+
+
+def rule_error(key: str, message: str) -> PydanticCustomError:
+    """A broken rule between keys of one table, reported at `key` of that table."""
+    return PydanticCustomError("config_rule", "{message}", {"key": key, "message": message})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=False)
+
+
+class AgentConfig(_Model):
+    """[agent]: this vantage's name."""
+
+    name: Name = "local"
+
+
+class ApiConfig(_Model):
+    """[api]: where the HTTP API listens; `listen` is 'HOST:PORT' (IPv6 as '[::1]:9180')."""
+
+    listen: Annotated[str, PlainValidator(lambda v: (fields.listen(v), v)[1])] = "127.0.0.1:9180"
+
+    @property
+    def host(self) -> str:
+        """The listen host (without brackets for IPv6)."""
+        return fields.listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        """The listen port."""
+        return fields.listen(self.listen)[1]
+
+
+class ProbingConfig(_Model):
+    """[probing]: how often and how long each target is probed."""
+
+    interval_s: Annotated[Duration, Field(alias="interval", gt=0)] = 1.0
+    timeout_s: Annotated[Duration, Field(alias="timeout", gt=0)] = 0.5
+    samples: Annotated[Int, Field(ge=1)] = 5
+    max_in_flight: Annotated[Int, Field(ge=1)] = 1000
+    loss_threshold: Ratio = 0.5
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> "ProbingConfig":
+        if self.timeout_s > self.interval_s:
+            raise rule_error("timeout", f"must not exceed interval ({format_duration(self.interval_s)})")
+        return self
+
+
+class HealthConfig(_Model):
+    """[health]: consecutive failed (or good) rounds before a target goes down (or up)."""
+
+    fail_after: Annotated[Int, Field(ge=1)] = 3
+    recover_after: Annotated[Int, Field(ge=1)] = 3
+
+
+class PathLab(_Model):
+    """A path's lab impairment: the RTT added, its jitter and a loss ratio."""
+
+    delay_s: Annotated[Duration, Field(alias="delay", ge=0)] = 0.0
+    jitter_s: Annotated[Duration, Field(alias="jitter", ge=0)] = 0.0
+    loss: Ratio = 0.0
+
+    @model_validator(mode="after")
+    def _jitter_within_delay(self) -> "PathLab":
+        if self.jitter_s > self.delay_s:
+            raise rule_error("jitter", f"must not exceed delay ({format_duration(self.delay_s)})")
+        return self
+
+
+class PathConfig(_Model):
+    """[[regions.paths]]: one way to reach a region, its probe target and the answer a decision hands out."""
+
+    name: Name
+    probe: Annotated[str, PlainValidator(fields.probe_url)]
+    answer: Annotated[str, PlainValidator(fields.answer)]
+    lab: PathLab | None = None
+
+
+class RegionConfig(_Model):
+    """[[regions]]: a place that serves the application, with its location and paths."""
+
+    name: Name
+    lat: Latitude
+    lon: Longitude
+    paths: Annotated[tuple[PathConfig, ...], Field(min_length=1)]
+
+
+class GroupConfig(_Model):
+    """[[groups]]: a population of clients (CIDRs, countries, a location) measured by a vantage."""
+
+    name: Name
+    cidrs: tuple[Network, ...] = ()
+    lat: Latitude | None = None
+    lon: Longitude | None = None
+    vantage: Annotated[str | None, PlainValidator(fields.name)] = None
+    size: Annotated[float, Strict(), Field(gt=0)] = 1.0
+    countries: tuple[Country, ...] = ()
+
+    @model_validator(mode="after")
+    def _lat_lon_together(self) -> "GroupConfig":
+        if (self.lat is None) != (self.lon is None):
+            missing, given = ("lon", "lat") if self.lon is None else ("lat", "lon")
+            raise rule_error(missing, f"required with {given} (give both or neither)")
+        return self
+
+
+class ServiceConfig(_Model):
+    """[[services]]: what clients ask for, the policy that decides it and the regions it may use."""
+
+    name: Name
+    policy: Annotated[str, _choice("policy", POLICY_NAMES)]
+    regions: Annotated[tuple[Str, ...], Field(min_length=1)] = ()
+
+
+class LabEvent(_Model):
+    """[[lab.events]]: an outage (from start to end) or a delay step (from start on) on one lab path."""
+
+    region: Str
+    path: Str
+    kind: Annotated[str, _choice("event kind", LAB_EVENT_KINDS)]
+    start_s: Annotated[Duration, Field(alias="start")]
+    end_s: Annotated[OptionalDuration, Field(alias="end")] = None
+    delay_s: Annotated[OptionalDuration, Field(alias="delay")] = None
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> "LabEvent":
+        if self.kind == "outage":
+            if self.end_s is None:
+                raise rule_error("end", "required for an outage")
+            if self.end_s <= self.start_s:
+                raise rule_error("end", f"must be after start ({format_duration(self.start_s)})")
+            if self.delay_s is not None:
+                raise rule_error("delay", "not allowed for an outage (only a step adds delay)")
+        else:
+            if self.end_s is not None:
+                raise rule_error("end", "not allowed for a step (a step lasts from start on)")
+            if self.delay_s is None:
+                raise rule_error("delay", "required for a step")
+        return self
+
+
+class LabConfig(_Model):
+    """[lab]: the emulated regions' mode, the ports they listen on and their scheduled events."""
+
+    mode: Annotated[str, _choice("mode", LAB_MODES)] = "auto"
+    queue_num: Annotated[Int, Field(ge=0, le=65535)] = 7
+    tcp_port: Port = 7080
+    http_port: Port = 8080
+    udp_port: Port = 7007
+    events: tuple[LabEvent, ...] = ()
+
+
+class Config(_Model):
+    """The whole config: sections, regions with their paths, client groups, services and the optional lab."""
+
+    agent: AgentConfig = AgentConfig()
+    api: ApiConfig = ApiConfig()
+    probing: ProbingConfig = ProbingConfig()
+    health: HealthConfig = HealthConfig()
+    regions: Annotated[tuple[RegionConfig, ...], Field(min_length=1)]
+    groups: tuple[GroupConfig, ...] = ()
+    services: tuple[ServiceConfig, ...] = ()
+    default_group: Name = "default"
+    lab: LabConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        return fill_defaults(data)
+
+    @model_validator(mode="after")
+    def _cross_references(self, info: ValidationInfo) -> "Config":
+        if info.context and info.context.get(SKIP_CROSS_CHECK):
+            return self
+        problems = cross_reference_problems(self.model_dump(by_alias=True))
+        if problems:
+            lines = "; ".join(f"{key_path(loc)}: {message}" for loc, message in problems)
+            raise PydanticCustomError("config_cross", "{message}", {"problems": problems, "message": lines})
+        return self
+
+    def region(self, name: str) -> RegionConfig:
+        """The region of that name (KeyError if none)."""
+        for region in self.regions:
+            if region.name == name:
+                return region
+        raise KeyError(name)
+
+
+def fill_defaults(data: Any) -> Any:
+    """Fill defaults that depend on other keys: a group's vantage (the agent) and a service's regions (all of them)."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    agent = data.get("agent", {})
+    agent_name = agent.name if isinstance(agent, AgentConfig) else agent.get("name", "local") if isinstance(agent, dict) else None
+    groups = data.get("groups")
+    if isinstance(agent_name, str) and isinstance(groups, (list, tuple)):
+        data["groups"] = [_with_default(g, "vantage", agent_name) for g in groups]
+    regions = data.get("regions")
+    names = [_get(r, "name") for r in regions] if isinstance(regions, (list, tuple)) else []
+    services = data.get("services")
+    if names and all(isinstance(n, str) for n in names) and isinstance(services, (list, tuple)):
+        data["services"] = [_with_default(s, "regions", tuple(names)) for s in services]
+    return data
+
+
+def _get(item: Any, key: str) -> Any:
+    return item.get(key) if isinstance(item, dict) else getattr(item, key, None)
+
+
+def _with_default(item: Any, key: str, value: Any) -> Any:
+    if isinstance(item, dict) and key not in item:
+        return {**item, key: value}
+    if isinstance(item, BaseModel) and getattr(item, key) in (None, ()):
+        return item.model_copy(update={key: value})
+    return item
