@@ -19,7 +19,7 @@ import dns.rcode
 import dns.rdatatype
 
 from latency_router.probes.base import EngineCounters, LossReason, Sample, wall_now
-from latency_router.probes.tcp import describe, loss_of_oserror, parse_flag, resolve, split_target
+from latency_router.probes.common import describe, loss_of_oserror, parse_flag, resolve, split_target
 
 _OPTIONS = ("type", "tcp")
 _TIMESPEC = struct.Struct("@qq")

@@ -15,7 +15,7 @@ import aiohttp
 
 from latency_router import __version__
 from latency_router.probes.base import EngineCounters, LossReason, Sample, wall_now
-from latency_router.probes.tcp import describe, loss_of_oserror, parse_flag, split_target
+from latency_router.probes.common import describe, loss_of_oserror, parse_flag, split_target
 
 USER_AGENT = f"latency-router/{__version__} (probe)"
 _OPTIONS = ("status", "body", "insecure")

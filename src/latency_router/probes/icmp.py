@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from latency_router.probes.base import EngineCounters, LossReason, Sample, wall_now
-from latency_router.probes.tcp import describe, loss_of_oserror, resolve, split_target
+from latency_router.probes.common import describe, loss_of_oserror, resolve, split_target
 
 _HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence
 _TIMESPEC = struct.Struct("@qq")

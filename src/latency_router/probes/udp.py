@@ -19,7 +19,7 @@ from typing import ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
 from latency_router.probes.base import EngineCounters, LossReason, Sample
-from latency_router.probes.tcp import describe, ip_literal, loss_of_oserror, resolve
+from latency_router.probes.common import describe, ip_literal, loss_of_oserror, resolve
 
 # The payload: magic, this prober's random id, sequence number, wall-clock send time (ns); padded with zeros to size.
 MAGIC = b"LRu1"
