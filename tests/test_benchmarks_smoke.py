@@ -89,3 +89,12 @@ def test_blackbox_compare_prints_both_sides_and_their_ratios():
         udp["ours_best"]["rate"] / udp["blackbox_best"]["rate"], rel=0.01)
     expected_checks = {"tcp_rate_at_least_blackbox", "dns_error_smaller", "udp_rate_at_least_10x_blackbox_best"}
     assert set(out["checks"]) >= expected_checks
+
+
+def test_udp_throughput_counts_every_probe_and_the_kernels_drops():
+    out = run_benchmark("udp_throughput.py", ["--seconds", "2", "--rate", "5000"])
+    assert out["benchmark"] == "udp_throughput"
+    assert out["sent"] > 0 and out["replies"] + out["lost"] == out["sent"], out
+    assert 0 < out["achieved_rate"] <= out["offered_rate"] * 1.05, out
+    assert set(out["udp_snmp"]["delta"]) >= {"RcvbufErrors", "InErrors"}
+    assert out["socket_drops"] >= 0 and out["rtt_ms"]["p50"] > 0
