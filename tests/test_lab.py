@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import select
 import signal
 import socket
 import statistics
@@ -175,6 +176,87 @@ async def test_tcp_handshake_and_icmp_reply_are_delayed():
     assert min(icmp) >= 20 * MS * 0.999, icmp  # the kernel's echo reply passes OUTPUT too
 
 
+def tcp_connect_ns(address: str, port: int) -> int:
+    """Wall time of one blocking connect (SYN sent to SYN-ACK processed), closed with a reset to leave no TIME_WAIT."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try:
+        t = time.perf_counter_ns()
+        s.connect((address, port))
+        elapsed = time.perf_counter_ns() - t
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return elapsed
+    finally:
+        s.close()
+
+
+async def test_tcp_handshake_is_held_from_the_kernel_stamp():
+    # the SYN-ACK is held from the kernel's queueing stamp, not from when the delayer read it: a plain connect
+    # through a 20 ms path takes 20 ms plus loopback costs, never less
+    async with Lab([spec("127.0.201.8", 20)], mode="nfqueue", queue_num=2021) as lab:
+        lab.stats(reset=True)
+        connects = []
+        for _ in range(60):
+            connects.append(tcp_connect_ns("127.0.201.8", 7080))
+            time.sleep(0.002)  # gaps let the delayer fall idle, as a low probe rate does
+        stats = lab.stats()
+    assert stats["hold_basis"]["tcp"].get("kernel", 0) >= 60, stats["hold_basis"]
+    assert stats["calibration"]["tcp_basis"].get("kernel", 0) >= stats["calibration"]["held_probes"] // 2
+    median_ms = statistics.median(connects) / MS
+    assert 20.0 <= median_ms <= 20.5, (median_ms, stats["lateness_us"], stats["calibration"])
+    assert min(connects) >= 20 * MS * 0.999, connects  # never meaningfully early
+
+
+async def test_hold_basis_is_counted_per_packet_kind():
+    async with Lab([spec("127.0.201.9", 5)], mode="nfqueue", queue_num=2022) as lab:
+        udp_rtts_ns("127.0.201.9", 7007, 10)
+        for _ in range(10):
+            tcp_connect_ns("127.0.201.9", 7080)
+        icmp = [icmp_rtt_ns("127.0.201.9", (os.getpid() + 1) & 0xFFFF, i) for i in range(5)]
+        stats = lab.stats()
+    basis = stats["hold_basis"]
+    assert basis["udp"] == {"echo": 10}, basis  # held from the echo request's receive stamp
+    assert basis["tcp"].get("kernel", 0) >= 10, basis  # held from the kernel's queueing stamp (INPUT hook)
+    assert basis["icmp"] == {"read": 5}, basis  # OUTPUT hook: no stamp, held from the delayer's read
+    assert None not in icmp and min(icmp) >= 5 * MS * 0.999
+    overhead = stats["calibration"]["overhead_us"]
+    assert set(overhead) == {"kernel", "echo", "read"} and all(0 <= v <= 1000 for v in overhead.values())
+
+
+async def test_listeners_queue_hundreds_of_connects_they_have_not_accepted_yet():
+    # the default backlog (100-128) overflows at 1,000 connects in flight: SYNs are dropped and retried a
+    # second later; with the listeners stopped, every handshake must still complete in the kernel
+    per_port = 300
+    async with Lab([spec("127.0.203.5", 1)], mode="userspace", queue_num=2023) as lab:
+        pid = lab.servers_pid
+        assert pid is not None
+        socks: list[socket.socket] = []
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for port in (7080, 8080):
+                for _ in range(per_port):
+                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    s.setblocking(False)
+                    socks.append(s)
+                    s.connect_ex(("127.0.203.5", port))
+            poller = select.poll()
+            pending = {s.fileno(): s for s in socks}
+            for fd in pending:
+                poller.register(fd, select.POLLOUT)
+            deadline = time.monotonic() + 0.8  # well before the first SYN retransmission (1 s)
+            while pending and time.monotonic() < deadline:
+                for fd, _events in poller.poll(50):
+                    poller.unregister(fd)
+                    pending.pop(fd)
+            connected = sum(1 for s in socks if s.fileno() not in pending
+                            and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            for s in socks:
+                s.close()
+    assert connected == 2 * per_port
+
+
 async def test_tcp_echo_and_http_keep_alive():
     async with Lab([spec("127.0.201.3", 10)], mode="nfqueue", queue_num=2003):
         with socket.create_connection(("127.0.201.3", 7080), timeout=2) as s:
@@ -289,8 +371,12 @@ async def test_rules_removed_after_stop():
     lab = Lab([spec("127.0.202.1", 1), spec("127.0.202.2", 1, path="accelerator")], mode="nfqueue", queue_num=2008)
     await lab.start()
     try:
-        assert lab_rules().count(lab.tag) == 2
-        assert "--queue-bypass" in lab_rules()
+        rules = lab_rules()
+        assert rules.count(lab.tag) == 4  # per address: TCP on INPUT, the rest on OUTPUT
+        assert "--queue-bypass" in rules
+        for address in ("127.0.202.1", "127.0.202.2"):
+            assert f"-A INPUT -s {address}/32 -p tcp " in rules
+            assert f"-A OUTPUT -s {address}/32 ! -p tcp " in rules
     finally:
         await lab.stop()
     assert lab.tag not in lab_rules()

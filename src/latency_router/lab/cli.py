@@ -16,7 +16,10 @@ def _describe(lab: Lab) -> list[str]:
     lines = [f"lab: {lab.mode} mode ({lab.why})", f"lab: {lab.note()}"]
     cal = lab.calibration
     if lab.mode == "nfqueue":
-        lines.append(f"lab: calibration: echo RTT {cal['bare_rtt_us']} us bare, {cal['queued_rtt_us']} us through the queue")
+        bare, held = cal["bare_us"], cal["held_minus_hold_us"]
+        lines.append(f"lab: calibration ({cal['statistic']}, us): bare RTT udp {bare['udp']['p10']}, "
+                     f"tcp {bare['tcp']['p10']}; held RTT less the hold: udp {held['udp_echo']['p10']}, "
+                     f"tcp {held['tcp']['p10']}; subtracted {cal['overhead_us']}")
     for p in lab.paths:
         lines.append(
             f"  {p.region}/{p.path}  {p.address}  udp {p.udp_port}  tcp {p.tcp_port}  http {p.http_port}  "

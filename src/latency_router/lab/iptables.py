@@ -1,4 +1,10 @@
-"""The lab's iptables rules: one NFQUEUE rule per path address, tagged so that leftovers can always be found."""
+"""The lab's iptables rules: two NFQUEUE rules per path address, tagged so that leftovers can always be found.
+
+TCP replies are queued on INPUT, where the kernel stamps each queued packet with the time it was queued, so
+the delayer can hold a SYN-ACK from that moment and not from when it got around to reading it. Everything
+else is queued on OUTPUT: a UDP or ICMP reply held on INPUT would already carry its receive stamp, and a client
+reading kernel receive timestamps would then see the reply as having arrived before it was held.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,8 @@ import subprocess
 
 TAG_PREFIX = "latency-router-lab:"
 TABLE = "mangle"
-CHAIN = "OUTPUT"
+# (chain, protocol match) per address; TCP's kernel stamps keep the client's receive stamps right (see above)
+CHAINS = (("INPUT", ["-p", "tcp"]), ("OUTPUT", ["!", "-p", "tcp"]))
 
 
 def tag_for(owner_pid: int, queue_num: int) -> str:
@@ -42,9 +49,9 @@ def available() -> str | None:
     return None
 
 
-def _rule(address: str, queue_num: int, tag: str) -> list[str]:
+def _rule(address: str, match: list[str], queue_num: int, tag: str) -> list[str]:
     # --queue-bypass: when no delayer is bound (crashed or stopped) packets pass instead of being dropped
-    return ["-s", f"{address}/32", "-m", "comment", "--comment", tag,
+    return ["-s", f"{address}/32", *match, "-m", "comment", "--comment", tag,
             "-j", "NFQUEUE", "--queue-num", str(queue_num), "--queue-bypass"]
 
 
@@ -59,8 +66,13 @@ def _restore(lines: list[str]) -> None:
 
 
 def add_rules(addresses: list[str], queue_num: int, tag: str) -> None:
-    """Insert one rule per address at the top of mangle OUTPUT, all at once."""
-    _restore([f"-I {CHAIN} " + shlex.join(_rule(a, queue_num, tag)) for a in addresses])
+    """Insert the rules of every address at the top of mangle INPUT (TCP) and OUTPUT (the rest), all at once."""
+    _restore([f"-I {chain} " + _join(_rule(a, match, queue_num, tag)) for a in addresses for chain, match in CHAINS])
+
+
+def _join(words: list[str]) -> str:
+    # iptables-restore reads a quoted "!" as an argument, not as the negation
+    return " ".join(w if w == "!" else shlex.quote(w) for w in words)
 
 
 def _saved_rules() -> list[str]:

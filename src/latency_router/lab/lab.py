@@ -14,7 +14,8 @@ import threading
 import time
 from typing import Any, Iterable
 
-from latency_router.lab import iptables
+from latency_router.lab import calibrate, iptables
+from latency_router.lab.calibrate import BASES
 from latency_router.lab.spec import MODES, LabEventSpec, LabPathSpec, check_unique, impairments
 
 log = logging.getLogger("latency_router.lab")
@@ -24,12 +25,6 @@ REQUEST_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 5.0
 PRIORITIES = ("realtime", "nice", "normal")  # the delayer's scheduling: SCHED_FIFO 1, nice -10, unchanged
 ON_TIME_P99_US = 500.0  # a window whose release lateness p99 exceeds this is "running late"
-MAX_OVERHEAD_US = 1000.0  # a calibration above this measured noise, not the delayer
-
-
-def _percentile(values: list[int], q: float) -> float:
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1)))])
 
 
 class LabError(RuntimeError):
@@ -103,28 +98,6 @@ class _Child:
                     self.proc.kill()
                     self.proc.wait()
         self.sock.close()
-
-
-def _echo_rtts_ns(address: str, port: int, count: int) -> list[int]:
-    """RTTs of `count` sequential UDP echoes, timed with a plain blocking socket (lost ones left out)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(0.5)
-    out: list[int] = []
-    try:
-        s.connect((address, port))
-        for i in range(count):
-            payload = b"lab-calibration-%08d" % i
-            t = time.perf_counter_ns()
-            s.send(payload)
-            try:
-                while s.recv(256) != payload:
-                    pass
-            except (socket.timeout, ConnectionRefusedError):
-                continue
-            out.append(time.perf_counter_ns() - t)
-    finally:
-        s.close()
-    return out
 
 
 class Lab:
@@ -221,35 +194,66 @@ class Lab:
         self._calibrate()
         self.t0_ns = time.perf_counter_ns()
         self.started_wall = time.time()
-        go = {"cmd": "go", "t0_ns": self.t0_ns, "overhead_ns": int(self.calibration["overhead_us"] * 1e3)}
+        go = {"cmd": "go", "t0_ns": self.t0_ns,
+              "overhead_ns": {b: int(us * 1e3) for b, us in self.calibration["overhead_us"].items()}}
         self._engine.request(go)
         self._servers.request(go)
 
     def _calibrate(self) -> None:
-        """Measure the delayer's own cost (queued minus bare UDP echo RTT at zero hold) so it can be subtracted."""
+        """Measure the delayer's own cost per hold basis; only the read basis' (its wake-up) is subtracted.
+
+        Holds counted from a kernel stamp (TCP) or the echo request's receive stamp (UDP) start when the reply
+        left its server: what is left beyond the hold is the loopback path's own cost, which a real path has
+        too. Subtracting even its low quantile made replies early when the delayer was busy (the path is then
+        hotter than in any calibration), so those bases are measured and reported, not subtracted. The read
+        basis loses the delayer's wake-up, which the kernel stamps of held handshakes measure directly.
+        """
+        assert self._engine is not None
         first = self.paths[0]
         n = self.calibration_probes
-        _echo_rtts_ns(first.address, first.udp_port, 20)  # warm caches and the echo path
-        bare = _echo_rtts_ns(first.address, first.udp_port, n)
-        assert self._engine is not None
+        held_n = max(20, n // 4)
+        nfqueue = self.mode == "nfqueue"
+        calibrate.udp_rtts_ns(first.address, first.udp_port, 20)  # warm caches and the echo path
+        bare_udp = calibrate.udp_rtts_ns(first.address, first.udp_port, n)
+        bare_tcp = calibrate.tcp_rtts_ns(first.address, first.tcp_port, held_n) if nfqueue else []
         self._engine.request({"cmd": "rules"})
-        if self.mode != "nfqueue":
-            low = _percentile(bare, 0.10) / 1e3 if bare else 0.0
+        self.calibration = {"probes": n, "statistic": f"p{int(calibrate.QUANTILE * 100)}",
+                            "bare_us": {"udp": calibrate.summary_us(bare_udp)},
+                            "overhead_us": dict.fromkeys(BASES, 0.0)}
+        if not nfqueue:
             # user-space holds start at the kernel's receive stamp, so nothing of ours needs subtracting
-            self.calibration = {"probes": len(bare), "bare_rtt_us": round(low, 1), "queued_rtt_us": None,
-                                "overhead_us": 0.0, "statistic": "p10"}
             return
-        _echo_rtts_ns(first.address, first.udp_port, 20)
-        queued = _echo_rtts_ns(first.address, first.udp_port, n)
-        if len(bare) < n // 2 or len(queued) < n // 2:
-            raise LabError(f"calibration lost too many echoes ({len(bare)} bare, {len(queued)} queued of {n})")
-        # low percentiles, not medians: noise from other work only adds time, so the 10th percentile is the
-        # delayer's own cost; subtracting it can never make a hold shorter than the configured delay asks
-        low_bare = _percentile(bare, 0.10) / 1e3
-        low_q = _percentile(queued, 0.10) / 1e3
-        self.calibration = {"probes": n, "bare_rtt_us": round(low_bare, 1), "queued_rtt_us": round(low_q, 1),
-                            "overhead_us": round(min(MAX_OVERHEAD_US, max(0.0, low_q - low_bare)), 1),
-                            "statistic": "p10"}
+        hold_ns = calibrate.HOLD_NS
+        self._engine.request({"cmd": "calibrate", "hold_ns": hold_ns})
+        echo_udp = calibrate.udp_rtts_ns(first.address, first.udp_port, held_n)
+        held_tcp = calibrate.tcp_rtts_ns(first.address, first.tcp_port, held_n)
+        phase = self._engine.request({"cmd": "calibrate", "hold_ns": 0})
+        wake = phase["read_latency"]
+        read_udp: list[int] = []
+        if wake["count"] >= held_n // 2:
+            read_us = min(calibrate.MAX_OVERHEAD_US, wake["p10_us"])
+        else:
+            # no kernel stamps here: time the wake-up as the extra round trip of replies passed when read
+            read_udp = calibrate.udp_rtts_ns(first.address, first.udp_port, n)
+            read_us = calibrate.overhead_us(read_udp, bare_udp, 0)
+        for got, want, what in ((bare_udp, n, "bare udp"), (bare_tcp, held_n, "bare tcp"), (echo_udp, held_n, "held udp"),
+                                (held_tcp, held_n, "held tcp")) + (((read_udp, n, "queued udp"),) if read_udp else ()):
+            if len(got) < want // 2:
+                raise LabError(f"calibration lost too many probes ({len(got)} of {want} {what})")
+        self.calibration.update({
+            "held_probes": held_n,
+            "hold_us": hold_ns / 1e3,
+            "bare_us": {"udp": calibrate.summary_us(bare_udp), "tcp": calibrate.summary_us(bare_tcp)},
+            # each round trip through the queue less its hold: UDP echoes counted from the request's receive
+            # stamp, handshakes from the kernel's queueing stamp
+            "held_minus_hold_us": {"udp_echo": calibrate.summary_us([v - hold_ns for v in echo_udp]),
+                                   "tcp": calibrate.summary_us([v - hold_ns for v in held_tcp])},
+            "tcp_basis": phase["hold_basis"].get("tcp", {}),
+            # the delayer's wake-up: from a held handshake's kernel stamp to its read, or (no stamps) timed by echoes
+            "wake_us": {k: wake[k] for k in ("count", "p10_us", "p50_us", "p99_us")} if not read_udp
+            else {"queued_udp": calibrate.summary_us(read_udp)},
+            "overhead_us": {"kernel": 0.0, "echo": 0.0, "read": read_us},
+        })
 
     async def stop(self) -> None:
         """Stop everything and remove the rules; safe to call twice and after a failed start."""
@@ -278,11 +282,18 @@ class Lab:
         """The delayer process's pid while running (benchmarks read its CPU time)."""
         return self._engine.proc.pid if self._engine is not None else None
 
+    @property
+    def servers_pid(self) -> int | None:
+        """The TCP and HTTP listeners' process id while running (tests stop it to fill its accept queues)."""
+        return self._servers.proc.pid if self._servers is not None else None
+
     def note(self) -> str:
         """One line on what the running mode delays."""
         if self.mode == "nfqueue":
-            return (f"every reply from a lab address is held in the kernel path (TCP handshakes and ICMP too); "
-                    f"{self.calibration.get('overhead_us', 0.0)} us of delayer overhead subtracted")
+            read_us = self.calibration.get("overhead_us", {}).get("read", 0.0)
+            return ("every reply from a lab address is held in the kernel path (TCP handshakes and ICMP too), "
+                    "counted from the kernel's queueing stamp (TCP) or the echo request's receive stamp (UDP echo); "
+                    f"the rest (ICMP) from when the delayer read it, less its calibrated wake-up ({read_us} us)")
         return ("user-space holds: UDP echo, TCP echo data and HTTP replies are delayed; "
                 "TCP handshakes and ICMP are not")
 
@@ -344,9 +355,17 @@ class Lab:
             "lateness_max_since_start_us": lat["max_since_start_us"],
             "on_time": lat["p99_us"] <= ON_TIME_P99_US and not kernel.get("queue_dropped") and not kernel.get("user_dropped"),
             "echo_service_us": {k: eng["echo_service"][k] for k in ("p50_us", "p99_us", "max_us", "count")},
+            # the release's own cost: the verdict system call, which carries the reply through the loopback path
+            "verdict_cost_us": {k: eng["verdict_cost"][k] for k in ("p50_us", "p99_us", "max_us", "count")},
+            # the delayer's wake-up: a stamped packet's kernel queueing time to its read, when it found us asleep
+            "read_latency_us": {k: eng["read_latency"][k] for k in ("p10_us", "p50_us", "p99_us", "count")},
+            # what each kind of packet's hold was counted from (kernel stamp, echo request stamp, read time)
+            "hold_basis": eng["hold_basis"],
             "wake_margin_us": eng["wake_margin_us"],
+            # loopback datagrams sent to keep the release path warm before releases that follow an idle spell
+            "warm_sends": eng["warm_sends"],
             "priority": eng["priority"],
-            "overhead_us": self.calibration.get("overhead_us", 0.0),
+            "overhead_us": eng["overhead_us"],
             "calibration": dict(self.calibration),
             "kernel_queue": kernel,
             "udp_echoed": eng["udp_echoed"],

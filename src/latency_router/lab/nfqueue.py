@@ -25,17 +25,20 @@ NFQA_CFG_FLAGS = 5
 NFQA_CFG_F_GSO = 4
 NFQA_PACKET_HDR = 1
 NFQA_VERDICT_HDR = 2
+NFQA_TIMESTAMP = 4
 NFQA_PAYLOAD = 10
 NF_DROP = 0
 NF_ACCEPT = 1
 SOL_NETLINK = 270
 NETLINK_NO_ENOBUFS = 5
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _NLATTR = struct.Struct("=HH")
 _VERDICT_TYPE = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT
 _PACKET_TYPE = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET
 _VERDICT = struct.Struct("=IHHII" + "BBH" + "HH" + "II")  # nlmsghdr, nfgenmsg, nlattr, verdict hdr
+_TIMESTAMP = struct.Struct("!QQ")  # struct nfqnl_msg_packet_timestamp: seconds, microseconds (CLOCK_REALTIME)
 
 
 def _attr(kind: int, value: bytes) -> bytes:
@@ -44,7 +47,11 @@ def _attr(kind: int, value: bytes) -> bytes:
 
 
 class NfQueue:
-    """One bound NFQUEUE number; `read()` yields (packet_id, payload head) and `verdicts()` releases them."""
+    """One bound NFQUEUE number; `read()` yields (packet_id, payload head, kernel stamp) and `send()` releases them.
+
+    The kernel stamps a queued packet (NFQA_TIMESTAMP, CLOCK_REALTIME, microseconds) only on the PREROUTING,
+    INPUT and FORWARD hooks, and only while some socket asks for receive timestamps; on OUTPUT there is none.
+    """
 
     def __init__(self, queue_num: int, copy_bytes: int = 40, maxlen: int = 65536, rcvbuf: int = 16 << 20) -> None:
         self.queue_num = queue_num
@@ -58,6 +65,9 @@ class NfQueue:
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             # an overrun is counted by the kernel (/proc/net/netfilter/nfnetlink_queue); no error on our reads
             self._sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
+            # no stamp comes back on this socket: asking for one turns on the kernel's packet stamping
+            # (netstamp_needed), without which queued packets carry no NFQA_TIMESTAMP
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             self._config(_attr(NFQA_CFG_CMD, struct.pack("!BBH", NFQNL_CFG_CMD_BIND, 0, 0)))
             self._config(_attr(NFQA_CFG_PARAMS, struct.pack("!IB", copy_bytes, NFQNL_COPY_PACKET)))
             self._config(_attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", maxlen)))
@@ -94,9 +104,12 @@ class NfQueue:
                     return
                 off += (length + 3) & ~3
 
-    def read(self, limit: int = 64) -> list[tuple[int, bytes]]:
-        """Read up to `limit` queued packets without blocking: (packet id, first bytes of the IP packet)."""
-        out: list[tuple[int, bytes]] = []
+    def read(self, limit: int = 64) -> list[tuple[int, bytes, int]]:
+        """Read up to `limit` queued packets without blocking: (packet id, first bytes of the IP packet, stamp).
+
+        The stamp is the kernel's CLOCK_REALTIME in nanoseconds (microsecond resolution), 0 when absent.
+        """
+        out: list[tuple[int, bytes, int]] = []
         buf = self._buf
         for _ in range(limit):
             try:
@@ -114,6 +127,7 @@ class NfQueue:
                     break
                 if kind == _PACKET_TYPE:
                     pkt_id = -1
+                    stamp = 0
                     payload = b""
                     a = off + 20
                     end = off + length
@@ -126,9 +140,12 @@ class NfQueue:
                             (pkt_id,) = struct.unpack_from("!I", buf, a + 4)
                         elif atype == NFQA_PAYLOAD:
                             payload = bytes(buf[a + 4 : a + alen])
+                        elif atype == NFQA_TIMESTAMP and alen >= 4 + _TIMESTAMP.size:
+                            sec, usec = _TIMESTAMP.unpack_from(buf, a + 4)
+                            stamp = sec * 1_000_000_000 + usec * 1000
                         a += (alen + 3) & ~3
                     if pkt_id >= 0:
-                        out.append((pkt_id, payload))
+                        out.append((pkt_id, payload, stamp))
                 off += (length + 3) & ~3
         return out
 

@@ -21,6 +21,8 @@ from aiohttp import web
 from latency_router.lab.spec import Impairment
 
 TERM_GRACE_S = 2.0
+# listen backlog: 1,000 connects in flight overflow the default 100-128 (the kernel caps it at somaxconn)
+BACKLOG = 4096
 LOST_HOLD_S = 30.0  # a "lost" user-space reply is never sent; the connection is closed after this long
 
 
@@ -42,7 +44,8 @@ class Servers:
         for p in self.paths:
             try:
                 self.tcp_servers.append(
-                    await asyncio.start_server(self._tcp_client, p["address"], p["tcp_port"], reuse_address=True)
+                    await asyncio.start_server(self._tcp_client, p["address"], p["tcp_port"], reuse_address=True,
+                                               backlog=BACKLOG)
                 )
             except OSError as exc:
                 raise RuntimeError(f"{p['key']}: cannot listen on tcp {p['address']}:{p['tcp_port']}: {exc.strerror}") from None
@@ -52,7 +55,7 @@ class Servers:
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         for p in self.paths:
-            site = web.TCPSite(self.runner, p["address"], p["http_port"], reuse_address=True)
+            site = web.TCPSite(self.runner, p["address"], p["http_port"], reuse_address=True, backlog=BACKLOG)
             try:
                 await site.start()
             except OSError as exc:
@@ -128,9 +131,8 @@ class Servers:
         return {"error": f"unknown command {cmd!r}"}
 
 
-async def _serve(ctrl: socket.socket) -> int:
+async def _serve(ctrl: socket.socket, cfg: dict[str, Any]) -> int:
     loop = asyncio.get_running_loop()
-    cfg = json.loads(await loop.sock_recv(ctrl, 1 << 20))
     servers = Servers(cfg)
     try:
         try:
@@ -162,10 +164,26 @@ async def _serve(ctrl: socket.socket) -> int:
 def main(argv: list[str]) -> int:
     """Entry point of the listeners' process: `python -m latency_router.lab.servers CTRL_FD`."""
     ctrl = socket.socket(fileno=int(argv[1]))
-    ctrl.setblocking(False)
     # Ctrl-C reaches the whole process group; the parent decides when the lab stops (EOF on ctrl if it dies)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return asyncio.run(_serve(ctrl))
+    try:
+        cfg = json.loads(ctrl.recv(1 << 20))
+    except (OSError, ValueError):
+        return 2
+    ctrl.setblocking(False)
+    loop_factory = None
+    if cfg["mode"] != "userspace":
+        # the kernel path holds every reply, so these listeners only answer, at once: uvloop answers a request
+        # in about two thirds of asyncio's time; user-space holds keep asyncio, whose timers are not rounded
+        # to milliseconds as uvloop's are
+        try:
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+        except ImportError:
+            pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(_serve(ctrl, cfg))
 
 
 if __name__ == "__main__":

@@ -65,10 +65,11 @@ class Lateness:
             del self.window[:LATENESS_KEEP]
 
     def summary(self, reset: bool = False) -> dict[str, float]:
-        """p50/p99/max in microseconds over the window (samples since the last reset)."""
+        """p10/p50/p99/max in microseconds over the window (samples since the last reset)."""
         values = sorted(self.window)
         out = {
             "count": self.window_count,
+            "p10_us": round(percentile(values, 0.10) / 1e3, 1),
             "p50_us": round(percentile(values, 0.50) / 1e3, 1),
             "p99_us": round(percentile(values, 0.99) / 1e3, 1),
             "max_us": round((values[-1] if values else 0) / 1e3, 1),
