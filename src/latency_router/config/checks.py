@@ -1,39 +1,69 @@
-"""Checks that span tables (unique names, services and lab events naming regions and paths), run on raw TOML data."""
+"""Checks that span tables (unique names, vantages, services and lab events naming regions and paths), run on raw TOML data.
+
+They run even when fields fail to validate, so every value here may be of any type: each check reads only
+what has the type it expects and skips the rest (the field's own type error is reported elsewhere).
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
+
+from latency_router.config.fields import is_name, show
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+DEFAULT_AGENT_NAME = "local"
+
+
+def _toml_key(key: str) -> str:
+    """A key as TOML writes it: bare when it can be, else a quoted string on one line."""
+    if _BARE_KEY.fullmatch(key):
+        return key
+    escaped = "".join(
+        c if c.isprintable() and c not in '"\\' else "\\" + c if c in '"\\' else f"\\U{ord(c):08X}" for c in key
+    )
+    return f'"{escaped}"'
+
 
 def key_path(loc: Loc) -> str:
-    """('regions', 2, 'paths', 0, 'probe') -> 'regions[2].paths[0].probe'."""
+    """('regions', 2, 'paths', 0, 'probe') -> 'regions[2].paths[0].probe'; odd keys quoted as in TOML."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            key = _toml_key(str(part))
+            out += f".{key}" if out else key
     return out
 
 
 def _items(data: Any, key: str) -> list[tuple[int, Mapping]]:
-    """(index, table) for each table in an array of tables; anything malformed is skipped (its type error is reported elsewhere)."""
+    """(index, table) for each table in an array of tables; anything malformed is skipped."""
     value = data.get(key) if isinstance(data, Mapping) else None
     if not isinstance(value, (list, tuple)):
         return []
     return [(i, item) for i, item in enumerate(value) if isinstance(item, Mapping)]
 
 
+def _text(table: Mapping, key: str) -> str | None:
+    """The value at `key` when it is a non-empty string, else None."""
+    value = table.get(key)
+    return value if isinstance(value, str) and value else None
+
+
 def _names(loc: Loc, items: list[tuple[int, Mapping]], what: str, problems: list[Problem]) -> dict[str, Mapping]:
     """Index tables by name, reporting each repeated name at its second and later uses."""
     seen: dict[str, Mapping] = {}
     for i, item in items:
-        name = item.get("name")
-        if not isinstance(name, str) or not name:
+        name = _text(item, "name")
+        if name is None:
             continue
         if name in seen:
-            problems.append(((*loc, i, "name"), f"duplicate {what} name {name!r}"))
+            problems.append(((*loc, i, "name"), f"duplicate {what} name {show(name)}"))
         else:
             seen[name] = item
     return seen
@@ -46,22 +76,51 @@ def cross_reference_problems(data: Mapping[str, Any]) -> list[Problem]:
     paths: dict[str, dict[str, Mapping]] = {}
     for i, region in _items(data, "regions"):
         found = _names(("regions", i, "paths"), _items(region, "paths"), "path", problems)
-        if region.get("name") in regions and regions[region["name"]] is region:
-            paths[region["name"]] = found
+        name = _text(region, "name")
+        if name is not None and regions[name] is region:
+            paths[name] = found
     _names(("groups",), _items(data, "groups"), "group", problems)
     _names(("services",), _items(data, "services"), "service", problems)
+    problems.extend(_vantage_problems(data))
+    problems.extend(_service_problems(data, regions))
+    lab = data.get("lab")
+    if isinstance(lab, Mapping):
+        problems.extend(_lab_problems(lab, paths))
+    return problems
 
+
+def _vantage_problems(data: Mapping[str, Any]) -> list[Problem]:
+    """A group measured by a vantage that does not exist (for now the only vantage is the local agent)."""
+    agent = data.get("agent", {})
+    if not isinstance(agent, Mapping):
+        return []
+    local = agent.get("name", DEFAULT_AGENT_NAME)
+    if not is_name(local):
+        return []  # the agent's own problem is reported at agent.name
+    problems: list[Problem] = []
+    for i, group in _items(data, "groups"):
+        vantage = group.get("vantage")
+        if is_name(vantage) and vantage != local:  # an invalid name is reported by the field itself
+            problems.append((("groups", i, "vantage"), f"unknown vantage {show(vantage)} (known: {local})"))
+    return problems
+
+
+def _service_problems(data: Mapping[str, Any], regions: Mapping[str, Mapping]) -> list[Problem]:
+    """A service naming a region that does not exist, or naming one twice."""
+    problems: list[Problem] = []
     for i, service in _items(data, "services"):
         names = service.get("regions")
         if not isinstance(names, (list, tuple)):
             continue
+        listed: set[str] = set()
         for j, name in enumerate(names):
-            if isinstance(name, str) and name not in regions:
-                problems.append((("services", i, "regions", j), f"unknown region {name!r}"))
-
-    lab = data.get("lab")
-    if isinstance(lab, Mapping):
-        problems.extend(_lab_problems(lab, paths))
+            if not isinstance(name, str):
+                continue
+            if name in listed:
+                problems.append((("services", i, "regions", j), f"region {show(name)} is listed twice"))
+            elif name not in regions:
+                problems.append((("services", i, "regions", j), f"unknown region {show(name)}"))
+            listed.add(name)
     return problems
 
 
@@ -74,12 +133,12 @@ def _lab_problems(lab: Mapping, paths: dict[str, dict[str, Mapping]]) -> list[Pr
         if not isinstance(region, str):
             continue
         if region not in paths:
-            problems.append((("lab", "events", i, "region"), f"unknown region {region!r}"))
+            problems.append((("lab", "events", i, "region"), f"unknown region {show(region)}"))
             continue
         if not isinstance(path, str):
             continue
         if path not in paths[region]:
-            problems.append((("lab", "events", i, "path"), f"region {region!r} has no path {path!r}"))
+            problems.append((("lab", "events", i, "path"), f"region {show(region)} has no path {show(path)}"))
         elif not isinstance(paths[region][path].get("lab"), Mapping):
-            problems.append((("lab", "events", i, "path"), f"path {path!r} of region {region!r} has no lab table"))
+            problems.append((("lab", "events", i, "path"), f"path {show(path)} of region {show(region)} has no lab table"))
     return problems

@@ -35,6 +35,8 @@ def _wording(error: Mapping[str, Any]) -> str:
             return f"expected an integer, got {show(value)}"
         case "float_type" | "float_parsing":
             return f"expected a number, got {show(value)}"
+        case "finite_number":
+            return f"must be a finite number, got {show(value)}"
         case "string_type":
             return f"expected a string, got {show(value)}"
         case "bool_type" | "bool_parsing":
@@ -122,11 +124,16 @@ def in_file_order(problems: list[Problem], data: Any) -> list[Problem]:
     return sorted(problems, key=rank)
 
 
+def one_line(text: str) -> str:
+    """The text with every unprintable character (a newline, a lone surrogate) escaped, so a problem stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def problem_lines(problems: list[Problem]) -> list[str]:
     """`key.path: message` lines, each problem once."""
     lines: list[str] = []
     for loc, message in problems:
-        line = f"{key_path(loc)}: {message}" if loc else message
+        line = one_line(f"{key_path(loc)}: {message}" if loc else message)
         if line not in lines:
             lines.append(line)
     return lines

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from typing import Any
 
+from latency_router.config.countries import COMMON_MISTAKES, COUNTRY_CODES
 from latency_router.durations import parse_duration
 
 NAME_CHARS = "letters, digits, '_', '.', '-'"
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_COUNTRY = re.compile(r"^[A-Za-z]{2}$")
-_LISTEN = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)$")
+# all used with fullmatch: '$' would also match before a trailing newline, letting "eu\n" through
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_COUNTRY = re.compile(r"[A-Za-z]{2}")
+_LISTEN = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]+)")
+PORT_RANGE = "1..65535"
 
 
 def show(value: Any) -> str:
@@ -23,7 +27,14 @@ def show(value: Any) -> str:
         return "a table"
     if isinstance(value, (list, tuple)):
         return "an array"
-    return repr(value)
+    if isinstance(value, (datetime.date, datetime.time)):  # datetime is a date: TOML's date-time literals
+        return value.isoformat()
+    return _clip(repr(value), len(value) if isinstance(value, str) else len(repr(value)))
+
+
+def _clip(shown: str, length: int) -> str:
+    """Cut the middle out of a value too long to read in one line, saying how long it was."""
+    return shown if len(shown) <= 60 else f"{shown[:40]}...{shown[-12:]} ({length} characters)"
 
 
 def _need_str(value: Any, what: str) -> str:
@@ -44,16 +55,21 @@ def name(value: Any) -> str:
     text = _need_str(value, "a name (string)")
     if not text:
         raise ValueError("must not be empty")
-    if not _NAME.match(text):
-        raise ValueError(f"invalid name {text!r}: use {NAME_CHARS}")
+    if not _NAME.fullmatch(text):
+        raise ValueError(f"invalid name {show(text)}: use {NAME_CHARS}")
     return text
+
+
+def is_name(value: Any) -> bool:
+    """True when `name` would accept the value."""
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None
 
 
 def one_of(value: Any, what: str, allowed: tuple[str, ...]) -> str:
     """A string from a fixed set, or an error listing the set."""
     text = _need_str(value, "a string")
     if text not in allowed:
-        raise ValueError(f"unknown {what} {text!r} (expected one of: {', '.join(allowed)})")
+        raise ValueError(f"unknown {what} {show(text)} (expected one of: {', '.join(allowed)})")
     return text
 
 
@@ -62,7 +78,7 @@ def is_host_name(text: str) -> bool:
     labels = text[:-1].split(".") if text.endswith(".") else text.split(".")
     if not text or len(text) > 253 or labels[-1].isdigit():
         return False
-    return all(_HOST_LABEL.match(label) for label in labels)
+    return all(_HOST_LABEL.fullmatch(label) for label in labels)
 
 
 def answer(value: Any) -> str:
@@ -73,7 +89,7 @@ def answer(value: Any) -> str:
     except ValueError:
         pass
     if not is_host_name(text):
-        raise ValueError(f"{text!r} is not an IP address or a host name")
+        raise ValueError(f"{show(text)} is not an IP address or a host name")
     return text
 
 
@@ -87,36 +103,52 @@ def cidr(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         loose = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise ValueError(f"invalid CIDR {text!r}") from None
-    raise ValueError(f"{text!r} has host bits set (did you mean '{loose}'?)")
+        raise ValueError(f"invalid CIDR {show(text)}") from None
+    raise ValueError(f"{show(text)} has host bits set (did you mean '{loose}'?)")
 
 
 def country(value: Any) -> str:
     """An ISO 3166-1 alpha-2 country code, upper-cased."""
     text = _need_str(value, "a country code (string)")
-    if not _COUNTRY.match(text):
-        raise ValueError(f"invalid country code {text!r}: use an ISO 3166-1 alpha-2 code such as 'GB'")
-    return text.upper()
+    if not _COUNTRY.fullmatch(text):
+        raise ValueError(f"invalid country code {show(text)}: use an ISO 3166-1 alpha-2 code such as 'GB'")
+    code = text.upper()
+    if code in COMMON_MISTAKES:
+        raise ValueError(f"unknown country code {show(text)}: the ISO 3166-1 code is {COMMON_MISTAKES[code]!r}")
+    if code not in COUNTRY_CODES:
+        raise ValueError(f"unknown country code {show(text)}: not an ISO 3166-1 alpha-2 code")
+    return code
+
+
+def port(value: Any) -> int:
+    """A TCP or UDP port to listen on or connect to: an integer within 1..65535."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"expected a port number (integer), got {show(value)}")
+    if not 1 <= value <= 65535:
+        raise ValueError(f"port must be within {PORT_RANGE}, got {show(value)}")
+    return value
 
 
 def listen(value: Any) -> tuple[str, int]:
     """A 'HOST:PORT' or '[V6]:PORT' listen address as (host, port)."""
     text = _need_str(value, "'HOST:PORT' (string)")
-    match = _LISTEN.match(text)
+    match = _LISTEN.fullmatch(text)
     if match is None:
-        raise ValueError(f"invalid listen address {text!r}: write HOST:PORT, e.g. '127.0.0.1:9180' or '[::1]:9180'")
+        raise ValueError(f"invalid listen address {show(text)}: write HOST:PORT, e.g. '127.0.0.1:9180' or '[::1]:9180'")
     host = match.group("v6") or match.group("host")
-    port = int(match.group("port"))
+    digits = match.group("port")
     if match.group("v6") is not None:
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise ValueError(f"invalid IPv6 address {host!r} in listen address {text!r}") from None
+            raise ValueError(f"invalid IPv6 address {show(host)} in listen address {show(text)}") from None
     elif not (is_host_name(host) or _is_ipv4(host)):
-        raise ValueError(f"invalid host {host!r} in listen address {text!r}")
-    if port > 65535:
-        raise ValueError(f"port {port} out of range (0-65535)")
-    return host, port
+        raise ValueError(f"invalid host {show(host)} in listen address {show(text)}")
+    # port 0 would bind wherever the kernel likes, and nobody could find the API there
+    number = int(digits) if len(digits.lstrip("0")) <= 5 else None  # int() of thousands of digits is slow, then refused
+    if number is None or not 1 <= number <= 65535:
+        raise ValueError(f"port must be within {PORT_RANGE}, got {_clip(digits, len(digits))}")
+    return host, number
 
 
 def _is_ipv4(text: str) -> bool:
@@ -132,5 +164,10 @@ def probe_url(value: Any) -> str:
     text = _need_str(value, "a probe URL (string)")
     from latency_router.probes import parse_url  # the registry imports every probe kind; only needed here
 
-    parse_url(text)
+    try:
+        parse_url(text)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- a parser bug must still be one line naming the key, not a traceback
+        raise ValueError(f"cannot parse probe URL {show(text)} ({type(exc).__name__}: {exc})") from None
     return text

@@ -11,17 +11,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from latency_router.config.checks import cross_reference_problems
-from latency_router.config.errors import ConfigError, in_file_order, problem_lines, validation_problems
+from latency_router.config.errors import ConfigError, in_file_order, one_line, problem_lines, validation_problems
 from latency_router.config.models import SKIP_CROSS_CHECK, Config
 
 
 def parse_config(source: str | Mapping[str, Any]) -> Config:
     """Validate TOML text or an already-decoded mapping into a Config (ConfigError lists every problem)."""
     if isinstance(source, str):
-        try:
-            data = tomllib.loads(source)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"toml: {exc}"]) from None
+        data = _decode_toml(source)
     else:
         data = dict(source)
     problems = cross_reference_problems(data)
@@ -36,8 +33,22 @@ def parse_config(source: str | Mapping[str, Any]) -> Config:
     return config
 
 
+def _decode_toml(text: str) -> dict[str, Any]:
+    """tomllib.loads, with every way it can fail turned into a one-line ConfigError."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([one_line(f"toml: {exc}")]) from None
+    except ValueError as exc:  # tomllib lets int() refuse a literal of more than sys.get_int_max_str_digits() digits
+        too_long = "digits" in str(exc)
+        line = f"toml: an integer has more than {sys.get_int_max_str_digits()} digits" if too_long else f"toml: {exc}"
+        raise ConfigError([one_line(line)]) from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays and inline tables
+        raise ConfigError(["toml: arrays or inline tables are nested too deeply"]) from None
+
+
 def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML config file (ConfigError lists every problem, or says the file is unreadable)."""
+    """Read and validate a TOML config file; it raises nothing but ConfigError (one line per problem)."""
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
@@ -46,11 +57,18 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError([f"{path}: is a directory"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror or exc})"]) from None
+    except ValueError as exc:  # e.g. a NUL byte in the path
+        raise ConfigError([one_line(f"{path!r}: cannot read ({exc})")]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"toml: not UTF-8 text (byte {exc.start})"]) from None
-    return parse_config(text)
+    try:
+        return parse_config(text)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- callers print ConfigError lines; a checker bug must not become a traceback
+        raise ConfigError([one_line(f"{path}: internal error while checking: {type(exc).__name__}: {exc}")]) from exc
 
 
 def summary(config: Config) -> str:
@@ -78,9 +96,6 @@ def check_config_main(path: str | Path) -> int:
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 -- the contract is one line per problem, never a traceback
-        print(f"{path}: internal error while checking: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     print(f"{path}: ok ({summary(config)})")
     return 0

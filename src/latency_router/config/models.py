@@ -18,7 +18,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from latency_router.config import fields
-from latency_router.config.checks import cross_reference_problems, key_path
+from latency_router.config.checks import DEFAULT_AGENT_NAME, cross_reference_problems, key_path
 from latency_router.durations import format_duration
 
 POLICY_NAMES: tuple[str, ...] = ("latency", "failover", "weighted", "geolocation", "geoproximity", "multivalue")
@@ -29,7 +29,6 @@ LAB_EVENT_KINDS: tuple[str, ...] = ("outage", "step")
 SKIP_CROSS_CHECK = "skip_cross_check"
 
 Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict()]
 Str = Annotated[str, Strict()]
 Name = Annotated[str, PlainValidator(fields.name)]
 Duration = Annotated[float, PlainValidator(fields.duration), PlainSerializer(format_duration, when_used="json")]
@@ -38,10 +37,11 @@ OptionalDuration = Annotated[
 ]
 Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, PlainValidator(fields.cidr)]
 Country = Annotated[str, PlainValidator(fields.country)]
-Latitude = Annotated[float, Strict(), Field(ge=-90, le=90)]
-Longitude = Annotated[float, Strict(), Field(ge=-180, le=180)]
-Ratio = Annotated[float, Strict(), Field(ge=0, le=1)]
-Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+# TOML has inf and nan: a finite check first, since nan fails every bound with a misleading message
+Latitude = Annotated[float, Strict(), Field(ge=-90, le=90, allow_inf_nan=False)]
+Longitude = Annotated[float, Strict(), Field(ge=-180, le=180, allow_inf_nan=False)]
+Ratio = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
+Port = Annotated[int, PlainValidator(fields.port)]
 
 
 def _choice(what: str, allowed: tuple[str, ...]) -> PlainValidator:
@@ -60,7 +60,7 @@ class _Model(BaseModel):
 class AgentConfig(_Model):
     """[agent]: this vantage's name."""
 
-    name: Name = "local"
+    name: Name = DEFAULT_AGENT_NAME
 
 
 class ApiConfig(_Model):
@@ -142,7 +142,7 @@ class GroupConfig(_Model):
     lat: Latitude | None = None
     lon: Longitude | None = None
     vantage: Annotated[str | None, PlainValidator(fields.name)] = None
-    size: Annotated[float, Strict(), Field(gt=0)] = 1.0
+    size: Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)] = 1.0
     countries: tuple[Country, ...] = ()
 
     @model_validator(mode="after")
@@ -241,15 +241,17 @@ def fill_defaults(data: Any) -> Any:
         return data
     data = dict(data)
     agent = data.get("agent", {})
-    agent_name = agent.name if isinstance(agent, AgentConfig) else agent.get("name", "local") if isinstance(agent, dict) else None
+    agent_name = agent.name if isinstance(agent, AgentConfig) else agent.get("name", DEFAULT_AGENT_NAME) if isinstance(agent, dict) else None
     groups = data.get("groups")
-    if isinstance(agent_name, str) and isinstance(groups, (list, tuple)):
+    # an invalid agent name is reported once, at agent.name, not again at every group's vantage
+    if fields.is_name(agent_name) and isinstance(groups, (list, tuple)):
         data["groups"] = [_with_default(g, "vantage", agent_name) for g in groups]
     regions = data.get("regions")
     names = [_get(r, "name") for r in regions] if isinstance(regions, (list, tuple)) else []
     services = data.get("services")
     if names and all(isinstance(n, str) for n in names) and isinstance(services, (list, tuple)):
-        data["services"] = [_with_default(s, "regions", tuple(names)) for s in services]
+        # each name once: a repeated region name is reported at the region, not again at every service
+        data["services"] = [_with_default(s, "regions", tuple(dict.fromkeys(names))) for s in services]
     return data
 
 
