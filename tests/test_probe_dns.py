@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator
 
 import dns.message
@@ -112,8 +113,11 @@ def test_parse_url_accepts(url: str, server: str, port: int, name: str, rdtype: 
         ("dns://127.0.0.1:70000/ok.test", "the port must be a number"),
         ("dns:///ok.test", "missing HOST"),
         ("dns://127.0.0.1/" + "a" * 64 + ".test", "invalid NAME"),
+        ("dns://127.0.0.1/ok.test?tcp=1&tcp=0", "'tcp' given twice"),
+        ("dns://a..b/ok.test", "is neither an IP address nor a host name"),
     ],
-    ids=["no-name", "empty-name", "type", "tcp-flag", "option", "port", "no-server", "label-too-long"],
+    ids=["no-name", "empty-name", "type", "tcp-flag", "option", "port", "no-server", "label-too-long", "tcp-twice",
+         "empty-label"],
 )
 def test_parse_url_rejects(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -128,6 +132,7 @@ async def test_answer(nameserver: int, transport: str) -> None:
     assert sample.kind == "dns" and sample.rtt_ms is not None and 0 < sample.rtt_ms < 2000
     assert sample.phases_ms is not None and sample.rtt_ms == sample.phases_ms["query"]
     assert sample.detail.startswith(f"query over {transport}") and sample.detail.endswith("1 answer rrsets")
+    assert "kernel rx timestamp" in sample.detail  # for tcp too: the first segment of the answer is stamped
     if transport == "tcp":
         assert sample.phases_ms["connect"] > 0
 
@@ -206,3 +211,37 @@ async def test_many_queries_in_flight_each_get_their_answer(nameserver: int) -> 
     p = prober(f"dns://127.0.0.1:{nameserver}/ok.test")
     samples = await asyncio.gather(*(p.probe(2.0) for _ in range(50)))
     assert all(s.ok for s in samples), [s for s in samples if not s.ok][:3]
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_a_wall_clock_step_falls_back_to_the_monotonic_rtt(nameserver: int, transport: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The send time reads 5 s behind the kernel's receive stamp, as after a step of the wall clock: the kernel RTT
+    is bounded by the monotonic one measured around it, and refused."""
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() - 5_000_000_000)
+    flag = "?tcp=1" if transport == "tcp" else ""
+    sample = await prober(f"dns://127.0.0.1:{nameserver}/ok.test{flag}").probe(2.0)
+    assert sample.ok and sample.rtt_ms is not None and sample.rtt_ms < 1000, sample
+    assert "the wall clock stepped" in sample.detail
+
+
+async def test_tcp_answer_split_over_segments_is_read_whole() -> None:
+    """A server that writes the length, then the message in two parts: the reader puts them together."""
+
+    async def split(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+        reply = respond(await reader.readexactly(length))
+        for part in (struct.pack("!H", len(reply)), reply[:5], reply[5:]):
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        writer.close()
+
+    server = await asyncio.start_server(split, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        sample = await prober(f"dns://127.0.0.1:{port}/ok.test?tcp=1").probe(2.0)
+    finally:
+        server.close()
+    assert sample.ok and sample.rtt_ms < sample.phases_ms["query"] + 1, sample

@@ -8,7 +8,9 @@ import ipaddress
 import socket
 import ssl
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from latency_router.probes.base import LossReason
-from latency_router.probes.http import USER_AGENT, HttpProber
+from latency_router.probes.http import TIMING_NOTE, USER_AGENT, HttpProber
+from test_probe_common import FakeResolver, resolver  # noqa: F401 - the fixture, shared with the other kinds' tests
 
 COLD_PHASES = {"dns", "connect", "ttfb", "transfer", "total"}
 
@@ -37,12 +40,13 @@ class Server:
         app.router.add_get("/status/{code}", self.status)
         app.router.add_get("/slow", self.slow)
         app.router.add_get("/close", self.close)
+        app.router.add_get("/slowish", self.slowish)
         self.runner = web.AppRunner(app, shutdown_timeout=0.5)  # do not wait out /slow at teardown
         self.port = 0
 
-    async def start(self, ssl_context: ssl.SSLContext | None = None) -> None:
+    async def start(self, ssl_context: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ssl_context)
+        site = web.TCPSite(self.runner, host, 0, ssl_context=ssl_context)
         await site.start()
         self.port = self.runner.addresses[0][1]
 
@@ -63,6 +67,11 @@ class Server:
         self._seen(request)
         await asyncio.sleep(5)
         return web.Response(text="late")
+
+    async def slowish(self, request: web.Request) -> web.Response:
+        self._seen(request)
+        await asyncio.sleep(0.4)
+        return web.Response(text="a while")
 
     async def close(self, request: web.Request) -> web.Response:
         self._seen(request)
@@ -120,9 +129,14 @@ def test_parse_url_accepts(url: str, request_url: str, status, body, insecure: b
         ("https://127.0.0.1/?insecure=perhaps", "insecure='perhaps' must be 1 or 0"),
         ("http://user:secret@127.0.0.1/", "credentials in a probe URL are not supported"),
         ("ftp://127.0.0.1/", "expected an http:// or https:// URL"),
+        ("http://127.0.0.1/?phases=-1", "phases='-1' must be a whole number"),
+        ("http://127.0.0.1/?phases=two", "phases='two' must be a whole number"),
+        ("http://127.0.0.1/?phases=2&phases=3", "'phases' given twice"),
+        ("http://a..b/", "is neither an IP address nor a host name"),
     ],
     ids=[
         "no-host", "port", "status-word", "status-range", "regex", "insecure-http", "insecure-flag", "creds", "scheme",
+        "phases-negative", "phases-word", "phases-twice", "empty-label",
     ],
 )
 def test_parse_url_rejects(url: str, message: str) -> None:
@@ -146,6 +160,7 @@ async def test_success_has_every_phase_and_warm_ttfb(server: Server) -> None:
         parts = sample.phases_ms["connect"] + sample.phases_ms["ttfb"] + sample.phases_ms["transfer"]
         assert parts <= sample.phases_ms["total"]
         assert sample.detail.startswith("ttfb on a warm keep-alive connection")
+        assert TIMING_NOTE in sample.detail and "include event-loop delay" in sample.detail
     # One kept-alive connection for the RTT, plus a fresh one per probe for the phases (the first probe's
     # fresh connection is the one that stays warm): 3 probes -> 3 connections, 6 requests.
     assert len(server.peers) == 3 and len(server.queries) == 6
@@ -153,12 +168,105 @@ async def test_success_has_every_phase_and_warm_ttfb(server: Server) -> None:
     assert server.user_agents == {USER_AGENT}
 
 
-async def test_name_is_resolved_and_timed(server: Server) -> None:
-    (sample,) = await probe_n(f"http://localhost:{server.port}/")
-    if sample.ok:
-        assert sample.phases_ms["dns"] > 0, sample
-    else:  # localhost may resolve to ::1 first, where this server does not listen
-        assert sample.loss is LossReason.REFUSED, sample
+async def test_name_is_resolved_and_timed() -> None:
+    # Listen where the name's first address is (127.0.0.1 or ::1, as this host orders them).
+    srv = Server()
+    await srv.start(host=socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)[0][4][0])
+    try:
+        samples = await probe_n(f"http://localhost:{srv.port}/", n=2)
+    finally:
+        await srv.runner.cleanup()
+    assert all(s.ok and s.phases_ms["dns"] > 0 for s in samples), samples  # the fresh connection's own lookup
+
+
+async def test_an_rtt_above_half_the_timeout_is_kept(server: Server) -> None:
+    """The server takes 400 ms, the timeout is 700 ms: the warm request fits, a fresh one after it does not."""
+    samples = await probe_n(f"http://127.0.0.1:{server.port}/slowish", n=3, timeout_s=0.7)
+    assert all(s.ok and s.rtt_ms >= 390 for s in samples), samples
+    first, *rest = samples
+    assert first.detail.startswith("ttfb on the connection this probe opened (no time left")
+    assert set(first.phases_ms) == COLD_PHASES | {"ttfb_warm"}  # that connection was a fresh one
+    for sample in rest:
+        assert sample.detail.startswith("ttfb on a warm keep-alive connection; no fresh-connection phases: ")
+        assert sample.phases_ms == {"ttfb_warm": sample.rtt_ms}
+    assert len(server.peers) == 1  # one connection, kept alive throughout
+
+
+@pytest.mark.parametrize(
+    "every, requests, connections, with_phases",
+    [(1, 8, 4, [True] * 4), (2, 6, 2, [True, False, True, False]), (0, 5, 1, [False] * 4)],
+    ids=["every-probe", "every-2nd", "never"],
+)
+async def test_phases_every_nth_probe(server: Server, every: int, requests: int, connections: int,
+                                      with_phases: list[bool]) -> None:
+    samples = await probe_n(f"http://127.0.0.1:{server.port}/?phases={every}", n=4)
+    assert all(s.ok for s in samples), samples
+    assert [set(s.phases_ms) == COLD_PHASES | {"ttfb_warm"} for s in samples] == with_phases
+    for sample, measured in zip(samples, with_phases):
+        if not measured:
+            assert sample.phases_ms == {"ttfb_warm": sample.rtt_ms}
+            words = "fresh-connection phases off (phases=0)" if every == 0 else f"phases every {every} probes, not on"
+            assert words in sample.detail
+    assert (len(server.queries), len(server.peers)) == (requests, connections)
+    assert set(server.queries) == {""}  # phases= is the probe's option, never sent
+
+
+async def test_fresh_dns_phase_is_one_lookup_at_a_time(server: Server, resolver: FakeResolver) -> None:  # noqa: F811
+    """A name whose lookups hang from the second on: the warm RTT goes on from the cache, the fresh request waits
+    for its lookup until its share of the timeout runs out, and while that lookup hangs no second one starts."""
+    resolver.release.set()
+    p = HttpProber(HttpProber.parse_url(f"http://web.slow.test:{server.port}/"))
+    try:
+        first = await p.probe(2.0)
+        resolver.release.clear()
+        cut_short = await p.probe(0.5)
+        skipped = await p.probe(2.0)
+    finally:
+        resolver.release.set()
+        await p.aclose()
+    assert first.ok and first.phases_ms["dns"] > 0, first
+    assert cut_short.ok and cut_short.phases_ms == {"ttfb_warm": cut_short.rtt_ms}, cut_short
+    assert "no fresh-connection phases: the fresh request did not finish" in cut_short.detail
+    assert skipped.ok and set(skipped.phases_ms) == (COLD_PHASES - {"dns"}) | {"ttfb_warm"}, skipped
+    assert "no dns phase: a lookup for this target was still in flight" in skipped.detail
+    assert resolver.peak["web.slow.test"] == 1 and resolver.calls["web.slow.test"] == 2
+
+
+class _KeepAliveHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def threaded_server() -> Iterator[int]:
+    """A keep-alive HTTP server in a thread of its own, so that it outlives the event loops of one test."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _KeepAliveHandler)
+    srv.daemon_threads = True
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_sessions_of_a_finished_loop_are_closed_on_the_next(threaded_server: int) -> None:
+    p = HttpProber(HttpProber.parse_url(f"http://127.0.0.1:{threaded_server}/"))
+    with asyncio.Runner() as runner:
+        first = runner.run(p.probe(2.0))
+    old = (p._warm, p._cold)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        second = runner.run(p.probe(2.0))
+        assert all(session is not None and session.closed for session in old)
+        runner.run(p.aclose())
+    assert first.ok and second.ok, (first, second)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 
 import pytest
 import uvloop
@@ -53,10 +54,12 @@ def test_parse_url_accepts(url: str, host: str) -> None:
         ("icmp://127.0.0.1:7", "icmp://HOST takes no port"),
         ("icmp://127.0.0.1/x", "takes no path, query or user"),
         ("icmp://127.0.0.1?size=9", "takes no path, query or user"),
+        ("icmp://1.2.3.4:", "empty port after ':'"),
+        ("icmp://a..b", "is neither an IP address nor a host name"),
         ("icmp://", "missing HOST"),
         ("tcp://127.0.0.1", "expected a icmp:// URL"),
     ],
-    ids=["port", "path", "query", "no-host", "scheme"],
+    ids=["port", "path", "query", "empty-port", "empty-label", "no-host", "scheme"],
 )
 def test_parse_url_rejects(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -276,3 +279,34 @@ def test_icmp_error_quoting_our_request_is_unreachable(netns, family: int) -> No
     sample = netns.run(scenario)
     assert sample.loss is LossReason.UNREACHABLE, sample
     assert "ICMP error type" in sample.detail and "(raw socket)" in sample.detail
+
+
+async def test_a_wall_clock_step_falls_back_to_the_monotonic_rtt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The send time reads 5 s behind the kernel's receive stamp, as after a step of the wall clock: refused."""
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() - 5_000_000_000)
+    p = prober("icmp://127.0.0.1")
+    try:
+        sample = await p.probe(2.0)
+    finally:
+        await p.aclose()
+    assert sample.ok and sample.rtt_ms is not None and sample.rtt_ms < 1000, sample
+    assert "the wall clock stepped" in sample.detail
+
+
+def test_closing_the_socket_under_a_waiting_probe_is_a_lost_sample(netns) -> None:
+    """The last user lets go of the shared socket while another probe of it waits: that probe returns a lost
+    sample (an error), it does not raise CancelledError into its caller."""
+    prepare(netns, "dgram", answer=False)
+
+    async def scenario():
+        p = prober("icmp://127.0.0.1")
+        waiting = asyncio.create_task(p.probe(5.0))
+        await asyncio.sleep(0.2)
+        await p.aclose()
+        async with asyncio.timeout(5):
+            return await waiting
+
+    sample = netns.run(scenario)
+    assert sample.loss is LossReason.ERROR, sample
+    assert "SocketClosed" in sample.detail and "(dgram socket)" in sample.detail

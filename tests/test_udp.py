@@ -134,6 +134,8 @@ def test_parse_url_valid(url: str, spec: UdpSpec) -> None:
         ("udp://::1:7007", "write an IPv6 address in brackets"),
         ("udp://[::1:7007", "Invalid IPv6 URL"),
         ("udp://bad host:7007", "is neither an IP address nor a host name"),
+        ("udp://a..b:7007", "is neither an IP address nor a host name"),
+        ("udp://127.0.0.1:", "empty port after ':'"),
         ("udp://-bad-.example:7007", "is neither an IP address nor a host name"),
         ("udp://user@127.0.0.1:7007", "takes no user or password"),
         ("udp://127.0.0.1:7007/path", "takes no path"),
@@ -558,8 +560,9 @@ def test_probe_rejects_a_nonpositive_timeout(run) -> None:
     async def scenario() -> None:
         p = make_prober(echo.url)
         try:
-            with pytest.raises(ValueError, match="positive"):
-                await p.probe(0.0)
+            for bad in (0.0, -1.0, float("nan"), float("inf")):
+                with pytest.raises(ValueError, match="positive"):
+                    await p.probe(bad)
         finally:
             await p.aclose()
 
@@ -582,3 +585,61 @@ def test_counters_are_shared_between_probers(run) -> None:
     with Echo(copies=2) as echo:
         run(scenario())
     assert counters.duplicate_replies == 2 and counters.stray_replies == 0
+
+
+@pytest.mark.parametrize("same_queue", [False, True], ids=["other-timeout", "same-timeout"])
+def test_a_callback_that_sends_does_not_delay_an_earlier_timeout(run, same_queue: bool) -> None:
+    """A bulk caller re-probes from its callback; the new probe's later deadline must not push back the timer
+    that still has an earlier probe to expire (B is due at 0.1 s; C, sent by A's callback, only at 30 s)."""
+
+    async def scenario() -> tuple[dict, int]:
+        p = prober(echo.url)
+        await p.open()
+        loop = asyncio.get_running_loop()
+        b_done = loop.create_future()
+        outcomes: dict[str, LossReason | None] = {}
+
+        def record(name: str, then=None):
+            def callback(seq, sent, rtt, loss, detail) -> None:
+                outcomes[name] = loss
+                if then is not None:
+                    then()
+            return callback
+
+        def resend() -> None:
+            p.send_probe(30.0, record("C"))
+
+        p.send_probe(0.05 if not same_queue else 0.1, record("A", resend))
+        if same_queue:
+            await asyncio.sleep(0.02)
+        p.send_probe(0.1, record("B", lambda: b_done.set_result(None)))
+        try:
+            async with asyncio.timeout(10):  # before the fix B waited for C's 30 s deadline
+                await b_done
+            return dict(outcomes), p.in_flight
+        finally:
+            await p.aclose()
+
+    with Echo(answer=False) as echo:
+        outcomes, in_flight = run(scenario())
+    assert outcomes == {"A": LossReason.TIMEOUT, "B": LossReason.TIMEOUT}
+    assert in_flight == 1  # C, still waiting for its own deadline
+
+
+def test_a_wall_clock_step_falls_back_to_the_monotonic_rtt(run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send time 5 s behind the kernel's receive stamp (a step of the wall clock): the kernel RTT is refused."""
+    from latency_router.probes import udp
+
+    monkeypatch.setattr(udp, "time_ns", lambda: time.time_ns() - 5_000_000_000)
+
+    async def scenario() -> Sample:
+        p = prober(echo.url)
+        try:
+            return await p.probe(2.0)
+        finally:
+            await p.aclose()
+
+    with Echo() as echo:
+        sample = run(scenario())
+    assert sample.ok and sample.rtt_ms is not None and sample.rtt_ms < 1000, sample
+    assert "the wall clock stepped" in sample.detail

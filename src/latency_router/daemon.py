@@ -98,9 +98,10 @@ async def run(cfg, duration_s: float | None) -> int:
         async def report() -> None:
             while True:
                 await asyncio.sleep(REPORT_EVERY_S)
-                lag = scheduler.stats()["loop_lag_ms"]
+                lag_p99 = scheduler.stats()["loop_lag_ms"]["p99"]
+                lag = "-" if lag_p99 is None else f"{lag_p99:.2f}"
                 print("\n".join(_report_lines(views, lab)), flush=True)
-                print(f"engine: loop lag p99 {lag.get('p99', 0):.2f} ms, late replies {counters.late_replies}, "
+                print(f"engine: loop lag p99 {lag} ms, late replies {counters.late_replies}, "
                       f"socket drops {counters.socket_drops}", flush=True)
 
         async def until_stop() -> None:

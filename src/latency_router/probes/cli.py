@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TextIO
 
+from latency_router.aio import run_async
 from latency_router.durations import parse_duration
-from latency_router.probes.base import LossReason, Prober, Sample
+from latency_router.probes.base import LossReason, Prober, Sample, wall_now
 from latency_router.probes.scheduler import guarded_probe
 from latency_router.probes.stats import ProbeSummary, format_ms, summarize
 
 PROG = "latency-router probe"
+MAX_COUNT = 1_000_000
+MAX_DURATION_S = 86_400.0  # a day: longer intervals and timeouts are typos, and event loops cap their timers
+INTERRUPTED = "interrupted (Ctrl-C) before its reply or its timeout"
 
 
 class UsageError(ValueError):
@@ -28,6 +33,8 @@ def _duration(name: str, text: str, *, allow_zero: bool) -> float:
         seconds = parse_duration(text)
     except ValueError as exc:
         raise UsageError(f"{name}: {exc}") from None
+    if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
+        raise UsageError(f"{name}: must be a finite duration of at most 1 day, got {text!r}")
     if seconds < 0 or (seconds == 0 and not allow_zero):
         raise UsageError(f"{name}: must be more than 0, got {text!r}")
     return seconds
@@ -37,8 +44,8 @@ def parse_args(args) -> tuple[float, float, int]:
     """Check --count, --interval and --timeout; returns (interval_s, timeout_s, count) or raises UsageError."""
     interval_s = _duration("--interval", args.interval, allow_zero=True)
     timeout_s = _duration("--timeout", args.timeout, allow_zero=False)
-    if args.count < 1:
-        raise UsageError(f"--count: must be at least 1, got {args.count}")
+    if not 1 <= args.count <= MAX_COUNT:
+        raise UsageError(f"--count: must be within 1..{MAX_COUNT:,}, got {args.count}")
     return interval_s, timeout_s, args.count
 
 
@@ -50,8 +57,12 @@ async def run_probes(
     results: list[Sample | None],
     on_sample: Callable[[int, Sample], None] | None = None,
 ) -> None:
-    """Send `count` probes `interval_s` apart, each without waiting for the one before; fill results by sequence."""
+    """Send `count` probes `interval_s` apart, each without waiting for the one before; fill results by sequence.
+
+    Cancelled (Ctrl-C), every probe already started and not back counts as sent and lost (TIMEOUT, INTERRUPTED).
+    """
     tasks: list[asyncio.Task] = []
+    started_at: list[float] = []  # wall clock at each probe's start, by seq
 
     async def one(seq: int) -> None:
         sample = await guarded_probe(prober, timeout_s)
@@ -67,11 +78,16 @@ async def run_probes(
             delay = start + seq * interval_s - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            started_at.append(wall_now())
             tasks.append(asyncio.create_task(one(seq)))
         await asyncio.gather(*tasks)
     finally:
         for task in tasks:
             task.cancel()
+        kind = getattr(prober, "kind", "")
+        for seq, sent_at in enumerate(started_at):
+            if results[seq] is None:
+                results[seq] = Sample.lost(prober.url, kind, sent_at, LossReason.TIMEOUT, INTERRUPTED, seq=seq)
 
 
 class TextReport:
@@ -127,14 +143,6 @@ def summary_lines(summary: ProbeSummary) -> list[str]:
     return lines
 
 
-def _run(coro):
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
 async def _measure(prober: Prober, count: int, interval_s: float, timeout_s: float,
                    on_sample: Callable[[int, Sample], None] | None) -> list[Sample]:
     """Run the probes; Ctrl-C stops early and keeps what came back, as fping does."""
@@ -175,7 +183,7 @@ def probe_main(args, out: TextIO | None = None, err: TextIO | None = None) -> in
         print(f"{PROG}: " + " ".join(str(exc).split()), file=err)
         return 2
     report = None if args.json else TextReport(args.url, timeout_s, out, payload_bytes(prober))
-    samples = _run(_measure(prober, count, interval_s, timeout_s, report.on_sample if report else None))
+    samples = run_async(_measure(prober, count, interval_s, timeout_s, report.on_sample if report else None))
     summary = summarize(samples, args.url, getattr(prober, "kind", ""))
     if args.json:
         print(json.dumps(summary.as_json()), file=out, flush=True)
@@ -193,16 +201,5 @@ def payload_bytes(prober: Prober) -> int | None:
     return size if isinstance(size, int) else None
 
 
-def render(samples: Sequence[Sample], target: str, timeout_s: float, as_json: bool, kind: str = "",
-           payload: int | None = None) -> str:
-    """The whole output for already-taken samples (what probe_main prints), for tests and other callers."""
-    summary = summarize(samples, target, kind)
-    if as_json:
-        return json.dumps(summary.as_json())
-    report = TextReport(target, timeout_s, sys.stdout, payload)
-    lines = [report.probe_line(s.seq if s.seq is not None else i, s) for i, s in enumerate(samples)]
-    return "\n".join([*lines, *([""] if lines else []), *summary_lines(summary)])
-
-
-__all__ = ["TextReport", "UsageError", "parse_args", "payload_bytes", "probe_main", "render", "run_probes",
-           "summary_lines"]
+__all__ = ["INTERRUPTED", "MAX_COUNT", "TextReport", "UsageError", "parse_args", "payload_bytes", "probe_main",
+           "run_probes", "summary_lines"]

@@ -1,10 +1,30 @@
-"""http:// and https://: the RTT is TTFB on a warm keep-alive connection; a fresh connection's phases beside it."""
+"""http:// and https://: the RTT is TTFB on a warm keep-alive connection; a fresh connection's phases beside it.
+
+The probe's own query options are taken out of the URL before it is requested (the rest reaches the server
+verbatim): `status=200[,204]` the good statuses (default: any 2xx or 3xx); `body=REGEX` the body must match;
+`insecure=1` (https) skips certificate checks; `phases=N` measures the fresh-connection phases (dns, connect, tls,
+ttfb, transfer, total) on every Nth probe of this prober: 1, the default, is every probe, 0 is never. Each
+measurement costs the target a new connection: a user probing many targets at high rates halves that load
+with `phases=2`.
+
+The timeout applies to the warm request, whose TTFB is the RTT. The fresh request gets what is left of the
+timeout; should that run out, the sample keeps its RTT and goes without phases (its detail says so). A fresh
+request that fails otherwise (refused, a bad certificate) loses the sample: it is what a new client would meet.
+
+A host name is looked up once per target and refreshed in the background (common.AddressCache). The fresh
+connection's `dns` phase is a real lookup, at most one in flight per target: while one is, that probe's dns
+phase is skipped and its detail says so.
+
+TTFB and the phases are stamped with perf_counter_ns in aiohttp's trace callbacks, which run when the client
+task gets its turn: each includes the event loop's delay in waking that task, and the detail says so.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import re
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -12,13 +32,16 @@ from typing import Any, ClassVar
 from urllib.parse import unquote, urlunsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from latency_router import __version__
 from latency_router.probes.base import EngineCounters, LossReason, Sample, wall_now
-from latency_router.probes.common import describe, loss_of_oserror, parse_flag, split_target
+from latency_router.probes.common import AddressCache, describe, loss_of_oserror, parse_flag, split_target
 
 USER_AGENT = f"latency-router/{__version__} (probe)"
-_OPTIONS = ("status", "body", "insecure")
+_OPTIONS = ("status", "body", "insecure", "phases")
+_MAX_PHASES_EVERY = 1_000_000
+TIMING_NOTE = "times from aiohttp trace callbacks (include event-loop delay)"
 _KEEPALIVE_S = 75.0  # how long the warm connection may idle between probes (nginx's default keep-alive)
 
 
@@ -28,10 +51,20 @@ class HttpSpec:
 
     url: str
     request_url: str  # the URL as requested: the probe's own options taken out of the query
+    host: str
+    port: int
     https: bool
     status: frozenset[int] | None  # None: any 2xx or 3xx
     body: re.Pattern[str] | None
     insecure: bool
+    phases_every: int = 1  # fresh-connection phases on every Nth probe; 0: never
+
+
+def _parse_phases(url: str, value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or int(value) > _MAX_PHASES_EVERY:
+        raise ValueError(f"{url!r}: phases={value!r} must be a whole number N within 0..{_MAX_PHASES_EVERY} "
+                         "(phases on every Nth probe; 0: never)")
+    return int(value)
 
 
 def _parse_status(url: str, value: str) -> frozenset[int]:
@@ -49,7 +82,7 @@ class _Timeline:
 
     __slots__ = (
         "start", "dns_start", "dns_end", "conn_start", "tls_start", "conn_end", "headers_sent", "headers_at",
-        "done", "created", "reused", "status", "text",
+        "done", "created", "reused", "status", "text", "dns_note",
     )
 
     def __init__(self) -> None:
@@ -58,6 +91,7 @@ class _Timeline:
         self.created = self.reused = 0
         self.status = 0
         self.text: str | None = None
+        self.dns_note: str | None = None  # why this request's dns phase is not a lookup of its own
 
     @property
     def warm(self) -> bool:
@@ -71,10 +105,10 @@ class _Timeline:
     def phases_ms(self, https: bool) -> dict[str, float]:
         """dns, connect, tls, ttfb, transfer and total of a request that opened its connection."""
         connected = self.tls_start or self.conn_end
-        phases = {
-            "dns": (self.dns_end - self.dns_start) / 1e6 if self.dns_end else 0.0,
-            "connect": (connected - (self.dns_end or self.conn_start)) / 1e6,
-        }
+        phases: dict[str, float] = {}
+        if self.dns_note is None:
+            phases["dns"] = (self.dns_end - self.dns_start) / 1e6 if self.dns_end else 0.0  # 0: an IP literal
+        phases["connect"] = (connected - (self.dns_end or self.conn_start)) / 1e6
         if https:
             phases["tls"] = (self.conn_end - self.tls_start) / 1e6 if self.tls_start else 0.0
         phases["ttfb"] = self.ttfb_ns / 1e6
@@ -139,6 +173,41 @@ def _trace_config() -> aiohttp.TraceConfig:
     return config
 
 
+class _CachedResolver(AbstractResolver):
+    """aiohttp's resolver for one target: its AddressCache; a real lookup only where `fresh` and none is in flight."""
+
+    def __init__(self, cache: AddressCache, *, fresh: bool) -> None:
+        self.cache, self.fresh = cache, fresh
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        cache, note = self.cache, None
+        busy = cache.in_flight
+        if self.fresh and not busy:
+            addresses = await cache.lookup()  # timed as the dns phase by the trace callbacks around this call
+        else:
+            addresses = cache.cached()
+            if addresses is None:
+                addresses = await cache.lookup()
+                if busy:
+                    note = "it waited for the lookup already in flight for this target"
+            elif self.fresh:
+                note = "a lookup for this target was still in flight, the address came from its cache"
+            else:
+                note = "the address came from this target's cache"
+        timeline = _TIMELINE.get()
+        if note is not None and timeline is not None:
+            timeline.dns_note = note
+        flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+        return [
+            {"hostname": host, "host": sockaddr[0], "port": port, "family": fam, "proto": 0, "flags": flags}
+            for fam, sockaddr in addresses
+            if not family or fam == family
+        ]
+
+    async def close(self) -> None:
+        """Nothing to release: the cache belongs to the prober."""
+
+
 class _BadAnswer(Exception):
     """A response that arrived but does not count: wrong status or a body that does not match."""
 
@@ -148,9 +217,10 @@ class _BadAnswer(Exception):
 
 
 class HttpProber:
-    """GETs the URL on a warm keep-alive connection (the RTT) and on a fresh one (the phases), once per probe."""
+    """GETs the URL on a warm keep-alive connection (the RTT) and, every `phases`th probe, on a fresh one (the phases)."""
 
     kind: ClassVar[str] = "http"
+    phased: ClassVar[bool] = True  # its samples carry phases (ttfb_warm, and dns, connect, tls, ... when measured)
 
     def __init__(self, spec: HttpSpec, counters: EngineCounters | None = None) -> None:
         self.spec = spec
@@ -159,11 +229,13 @@ class HttpProber:
         self._warm: aiohttp.ClientSession | None = None
         self._cold: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._probes = 0
+        self._address = AddressCache(spec.host, spec.port, socket.SOCK_STREAM)
 
     @classmethod
     def parse_url(cls, url: str) -> HttpSpec:
-        """Validate http(s)://HOST[:PORT]/PATH[?status=200&body=REGEX&insecure=1] without opening anything."""
-        scheme = url.split("://", 1)[0].lower()
+        """Validate http(s)://HOST[:PORT]/PATH[?status=200&body=REGEX&insecure=1&phases=N] without opening anything."""
+        scheme = url.split("://", 1)[0].lower() if isinstance(url, str) else ""
         if scheme not in ("http", "https"):
             raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
         parts = split_target(url, scheme)
@@ -174,6 +246,8 @@ class HttpProber:
         for field in parts.query.split("&") if parts.query else []:
             key, _, value = field.partition("=")
             if unquote(key) in _OPTIONS:
+                if unquote(key) in options:
+                    raise ValueError(f"{url!r}: {unquote(key)!r} given twice")
                 # unquote, not unquote_plus: a '+' in body=REGEX is the regex's, a space is written %20.
                 options[unquote(key)] = unquote(value)
             else:
@@ -189,60 +263,114 @@ class HttpProber:
         insecure = parse_flag(url, "insecure", options["insecure"]) if "insecure" in options else False
         if insecure and scheme != "https":
             raise ValueError(f"{url!r}: insecure=1 applies to https:// only")
+        every = _parse_phases(url, options["phases"]) if "phases" in options else 1
         request_url = urlunsplit((scheme, parts.netloc, parts.path or "/", "&".join(kept), ""))
         https = scheme == "https"
-        return HttpSpec(url=url, request_url=request_url, https=https, status=status, body=body, insecure=insecure)
+        port = parts.port or (443 if https else 80)
+        return HttpSpec(url=url, request_url=request_url, host=parts.hostname, port=port,  # type: ignore[arg-type]
+                        https=https, status=status, body=body, insecure=insecure, phases_every=every)
 
-    def _sessions(self) -> tuple[aiohttp.ClientSession, aiohttp.ClientSession]:
+    async def _sessions(self) -> tuple[aiohttp.ClientSession, aiohttp.ClientSession]:
         loop = asyncio.get_running_loop()
         if self._warm is None or self._cold is None or self._loop is not loop:
+            old, old_loop = (self._warm, self._cold), self._loop
             ssl_context = _ssl_context(self.spec.insecure) if self.spec.https else False
             common: dict[str, Any] = {
                 "trace_configs": [_trace_config()],
-                "timeout": aiohttp.ClientTimeout(total=None),  # the probe's own deadline governs
+                "timeout": aiohttp.ClientTimeout(total=None),  # the probe's own deadlines govern
                 "headers": {"User-Agent": USER_AGENT},
                 "cookie_jar": aiohttp.DummyCookieJar(),
             }
             # limit=0: concurrent probes never queue for a connection, which would add to the measurement.
-            warm = aiohttp.TCPConnector(limit=0, ssl=ssl_context, keepalive_timeout=_KEEPALIVE_S)
-            cold = aiohttp.TCPConnector(limit=0, ssl=ssl_context, force_close=True, use_dns_cache=False)
+            # use_dns_cache=False: the target's AddressCache is the cache, and it decides when a lookup is real.
+            warm = aiohttp.TCPConnector(limit=0, ssl=ssl_context, keepalive_timeout=_KEEPALIVE_S, use_dns_cache=False,
+                                        resolver=_CachedResolver(self._address, fresh=False))
+            cold = aiohttp.TCPConnector(limit=0, ssl=ssl_context, force_close=True, use_dns_cache=False,
+                                        resolver=_CachedResolver(self._address, fresh=True))
             self._warm = aiohttp.ClientSession(connector=warm, **common)
             self._cold = aiohttp.ClientSession(connector=cold, **common)
             self._loop = loop
+            if old_loop is not None:
+                await _retire(old, old_loop)  # after the swap: a concurrent probe already sees the new sessions
         return self._warm, self._cold
 
+    def _phases_due(self) -> bool:
+        every, index = self.spec.phases_every, self._probes
+        self._probes += 1
+        return every > 0 and index % every == 0
+
     async def probe(self, timeout_s: float) -> Sample:
-        """One warm request and one fresh-connection request; any failure of either is a lost Sample."""
+        """A warm request (the RTT) under the timeout, then a fresh one (the phases) under what is left of it."""
         sent_at = wall_now()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s  # loop.time() only bounds waits here; it never times a measurement
+        due = self._phases_due()
         try:
-            async with asyncio.timeout(timeout_s):
-                warm_session, cold_session = self._sessions()
-                # Phases come from a fresh connection on every probe (a second session that never keeps
-                # connections): each sample then carries its own phases, as a new client would see them, and the
-                # warm request goes first so that the fresh connection's setup and teardown never precede it.
-                warm = await self._request(warm_session)
-                if warm.warm:
-                    cold = await self._request(cold_session)
-                else:  # no open connection to reuse: that request was the cold one; now measure warm
-                    cold, warm = warm, await self._request(warm_session)
+            warm_session, cold_session = await self._sessions()
+            async with asyncio.timeout_at(deadline):
+                first = await self._request(warm_session)
+            if first.warm:
+                warm, how = first, "ttfb on a warm keep-alive connection"
+                cold, phases_note = await self._fresh(cold_session, deadline, warm) if due else (None, None)
+            else:
+                # No kept-alive connection to reuse: this request opened one. Its phases are the fresh ones; the RTT
+                # comes from a second request on it, when that fits in what is left of the timeout.
+                cold, phases_note = (first, None) if due else (None, None)
+                warm, how = await self._second(warm_session, deadline, first)
         except _BadAnswer as exc:
-            return self._lost(sent_at, exc.reason, str(exc))
+            return Sample.lost(self.url, self.kind, sent_at, exc.reason, str(exc))
         except TimeoutError:
-            return self._lost(sent_at, LossReason.TIMEOUT, f"no complete response within {timeout_s * 1e3:g} ms")
+            detail = f"no complete response within {timeout_s * 1e3:g} ms"
+            return Sample.lost(self.url, self.kind, sent_at, LossReason.TIMEOUT, detail)
         except Exception as exc:  # noqa: BLE001 - one bad target is a lost sample, never an exception
             reason, detail = self._classify(exc)
-            return self._lost(sent_at, reason, detail)
-        phases = cold.phases_ms(self.spec.https)
+            return Sample.lost(self.url, self.kind, sent_at, reason, detail)
+        phases = cold.phases_ms(self.spec.https) if cold is not None else {}
         phases["ttfb_warm"] = warm.ttfb_ns / 1e6
-        if warm.warm:
-            detail = "ttfb on a warm keep-alive connection; phases from a fresh connection"
+        if cold is not None:
+            words = [how, "phases from a fresh connection"]
+            if cold.dns_note is not None:
+                words.append(f"no dns phase: {cold.dns_note}")
+        elif phases_note is not None:
+            words = [how, f"no fresh-connection phases: {phases_note}"]
+        elif self.spec.phases_every == 0:
+            words = [how, "fresh-connection phases off (phases=0)"]
         else:
-            detail = "ttfb on a fresh connection: the server keeps no connection alive; phases from a fresh connection"
-        return Sample(self.url, self.kind, sent_at, rtt_ms=phases["ttfb_warm"], detail=detail, phases_ms=phases)
+            words = [how, f"fresh-connection phases every {self.spec.phases_every} probes, not on this one"]
+        words.append(TIMING_NOTE)
+        return Sample(self.url, self.kind, sent_at, rtt_ms=phases["ttfb_warm"], detail="; ".join(words),
+                      phases_ms=phases)
+
+    async def _fresh(self, session: aiohttp.ClientSession, deadline: float,
+                     warm: _Timeline) -> tuple[_Timeline | None, str | None]:
+        """The fresh-connection request under what is left of the probe's timeout: (its timeline, or why there is none)."""
+        left_s = deadline - asyncio.get_running_loop().time()
+        if left_s <= warm.ttfb_ns / 1e9:
+            return None, f"{max(left_s, 0) * 1e3:.0f} ms of the timeout left, less than one ttfb"
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._request(session), None
+        except TimeoutError:
+            return None, "the fresh request did not finish within what was left of the timeout"
+
+    async def _second(self, session: aiohttp.ClientSession, deadline: float, first: _Timeline) -> tuple[_Timeline, str]:
+        """After a request that had to open its connection: the warm request on it, or (out of time) that first one."""
+        fallback = "ttfb on the connection this probe opened (no time left in the timeout for a warm request)"
+        left_s = deadline - asyncio.get_running_loop().time()
+        if left_s <= (first.done - (first.headers_sent or first.conn_end or first.start)) / 1e9:
+            return first, fallback  # it would not fit: keep the connection open for the next probe instead
+        try:
+            async with asyncio.timeout_at(deadline):
+                second = await self._request(session)
+        except TimeoutError:
+            return first, fallback
+        if second.warm:
+            return second, "ttfb on a warm keep-alive connection"
+        return second, "ttfb on a fresh connection: the server keeps no connection alive"
 
     async def _request(self, session: aiohttp.ClientSession) -> _Timeline:
         timeline = _Timeline()
-        token = _TIMELINE.set(timeline)  # seen by _TimedSSLContext.wrap_bio, which runs in this task's context
+        token = _TIMELINE.set(timeline)  # seen by _TimedSSLContext.wrap_bio and the resolver, in this task's context
         try:
             async with session.get(self.spec.request_url, allow_redirects=False, trace_request_ctx=timeline) as resp:
                 body = await resp.read()
@@ -280,15 +408,27 @@ class HttpProber:
             return loss_of_oserror(exc), describe(exc)
         return LossReason.ERROR, describe(exc)
 
-    def _lost(self, sent_at: float, reason: LossReason, detail: str) -> Sample:
-        return Sample.lost(self.url, self.kind, sent_at, reason, detail)
-
     async def aclose(self) -> None:
         """Close both sessions and their connections."""
-        sessions, self._warm, self._cold = (self._warm, self._cold), None, None
-        for session in sessions:
-            if session is not None and not session.closed:
-                await session.close()
+        sessions, loop = (self._warm, self._cold), self._loop
+        self._warm = self._cold = self._loop = None
+        if loop is not None:
+            await _retire(sessions, loop)
 
 
-__all__ = ["HttpProber", "HttpSpec", "USER_AGENT"]
+async def _retire(sessions: tuple[aiohttp.ClientSession | None, ...], loop: asyncio.AbstractEventLoop) -> None:
+    """Close sessions made on `loop`: there when it runs in another thread, else here (a closed loop took its
+    sockets' transports with it; closing the session then only marks it so)."""
+    for session in sessions:
+        if session is None or session.closed:
+            continue
+        if loop.is_running() and loop is not asyncio.get_running_loop():
+            asyncio.run_coroutine_threadsafe(session.close(), loop)
+            continue
+        try:
+            await session.close()
+        except RuntimeError:  # a task of a loop that is neither this one nor running: it is marked closed all the same
+            pass
+
+
+__all__ = ["HttpProber", "HttpSpec", "TIMING_NOTE", "USER_AGENT"]

@@ -16,13 +16,23 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from latency_router.probes.base import EngineCounters, LossReason, Sample, wall_now
-from latency_router.probes.common import describe, loss_of_oserror, resolve, split_target
+from latency_router.probes.common import (
+    CLOCK_KERNEL,
+    CLOCK_USER,
+    RX_CMSG_SPACE,
+    AddressCache,
+    DropCounter,
+    describe,
+    enable_rx_timestamps,
+    loss_of_oserror,
+    pair_rtt,
+    read_rx_cmsgs,
+    split_target,
+)
 
 _HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence
-_TIMESPEC = struct.Struct("@qq")
-_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-_SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
-_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(4)
+_CLOCK_WORDS = {CLOCK_KERNEL: "kernel rx timestamp", CLOCK_USER: "userspace rx timestamp"}
+_STEPPED_WORDS = "userspace rx timestamp (the wall clock stepped during the probe)"
 _READS_PER_WAKEUP = 256  # bounded so that a flood cannot hold the loop
 _RECENT = 4096  # finished sequence numbers remembered to tell late and duplicate replies from strays
 
@@ -70,6 +80,10 @@ def open_icmp_socket(family: int) -> tuple[socket.socket, str]:
         ) from None
 
 
+class SocketClosed(Exception):
+    """The echo socket closed while a probe waited on it (its last user let go, or the loop changed)."""
+
+
 class _Pending:
     __slots__ = ("future", "addr", "send_ns", "send_perf_ns", "counters", "answered")
 
@@ -93,14 +107,13 @@ class EchoSocket:
         self.counters: EngineCounters | None = None  # where replies nobody asked for are counted
         self._waiting: dict[int, _Pending] = {}
         self._recent: OrderedDict[int, _Pending] = OrderedDict()
-        self._drops_seen = 0
+        self._drops = DropCounter()
         self._token = os.urandom(8)
         self._payload = self._token + b"latency-router"
         self._seq = random.randrange(1 << 16)
         try:
             self.sock.setblocking(False)
-            self.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-            self.sock.setsockopt(socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
+            enable_rx_timestamps(self.sock)
             if self.mode == "dgram":
                 # The kernel owns the identifier of a ping socket (its "port") and routes replies by it.
                 self.sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
@@ -143,8 +156,9 @@ class EchoSocket:
         pending = _Pending(self.loop.create_future(), str(ipaddress.ip_address(sockaddr[0])), counters)
         self._waiting[seq] = pending
         try:
-            pending.send_ns = time.time_ns()
+            # perf first, then wall: the monotonic RTT then spans the kernel one, which pair_rtt bounds by it
             pending.send_perf_ns = time.perf_counter_ns()
+            pending.send_ns = time.time_ns()
             self.sock.sendto(packet, sockaddr)
             return await pending.future
         finally:
@@ -158,29 +172,20 @@ class EchoSocket:
     def _on_readable(self) -> None:
         for _ in range(_READS_PER_WAKEUP):
             try:
-                data, ancdata, _flags, src = self.sock.recvmsg(2048, _CMSG_SPACE)
+                data, ancdata, _flags, src = self.sock.recvmsg(2048, RX_CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 continue  # an error queued on the socket (e.g. a ping socket's ICMP error): nothing to match it to
             perf_ns = time.perf_counter_ns()
-            rx_ns = None
-            for level, kind, cdata in ancdata:
-                if level != socket.SOL_SOCKET:
-                    continue
-                if kind == _SO_TIMESTAMPNS and len(cdata) >= _TIMESPEC.size:
-                    sec, nsec = _TIMESPEC.unpack_from(cdata)
-                    rx_ns = sec * 1_000_000_000 + nsec
-                elif kind == _SO_RXQ_OVFL and len(cdata) >= 4:
-                    self._count_drops(struct.unpack_from("=I", cdata)[0])
+            rx_ns, drops = read_rx_cmsgs(ancdata)
+            if drops is not None:
+                delta = self._drops.delta(drops)
+                if self.counters is not None:
+                    self.counters.socket_drops += delta
             self._handle(data, src[0], rx_ns, perf_ns)
 
-    def _count_drops(self, total: int) -> None:
-        if self.counters is not None and total > self._drops_seen:
-            self.counters.socket_drops += total - self._drops_seen
-        self._drops_seen = total
-
-    def _handle(self, data: bytes, src: str, rx_ns: int | None, perf_ns: int) -> None:
+    def _handle(self, data: bytes, src: str, rx_ns: int, perf_ns: int) -> None:
         if self.mode == "raw" and self.f is _V4:
             data = data[(data[0] & 0x0F) * 4 :] if data else data  # a raw IPv4 socket hands over the IP header too
         if len(data) < _HEADER.size:
@@ -193,14 +198,12 @@ class EchoSocket:
         elif icmp_type in self.f.errors:
             self._error(data, icmp_type, code, src)
 
-    def _reply(self, seq: int, src: str, rx_ns: int | None, perf_ns: int) -> None:
+    def _reply(self, seq: int, src: str, rx_ns: int, perf_ns: int) -> None:
         pending = self._waiting.get(seq)
         if pending is not None and pending.addr == src and not pending.future.done():
             pending.answered = True
-            if rx_ns is not None and rx_ns >= pending.send_ns:
-                pending.future.set_result((rx_ns - pending.send_ns, "kernel rx timestamp"))
-            else:  # no timestamp, or the wall clock stepped back between send and receive
-                pending.future.set_result((perf_ns - pending.send_perf_ns, "userspace rx timestamp"))
+            rtt_ns, clock = pair_rtt(rx_ns, pending.send_ns, pending.send_perf_ns, perf_ns)
+            pending.future.set_result((rtt_ns, _CLOCK_WORDS.get(clock, _STEPPED_WORDS)))
             return
         finished = self._recent.get(seq)
         if finished is not None and finished.addr == src:
@@ -228,13 +231,14 @@ class EchoSocket:
             pending.future.set_exception(OSError(errno.EHOSTUNREACH, text))
 
     def close(self) -> None:
-        """Stop reading and close the socket; waiters still pending are cancelled."""
+        """Stop reading and close the socket; probes still waiting end with an error (never a cancellation)."""
         try:
             self.loop.remove_reader(self.sock.fileno())
         except (RuntimeError, ValueError, OSError):
             pass  # the loop is already closed
         for pending in self._waiting.values():
-            pending.future.cancel()
+            if not pending.future.done() and not self.loop.is_closed():
+                pending.future.set_exception(SocketClosed("the shared ICMP socket was closed before the reply"))
         self.sock.close()
 
 
@@ -282,14 +286,15 @@ class IcmpProber:
         self.url = spec.url
         self.counters = counters
         self._endpoints: dict[int, EchoSocket] = {}
+        self._address = AddressCache(spec.host, 0, socket.SOCK_DGRAM)
 
     @classmethod
     def parse_url(cls, url: str) -> IcmpSpec:
         """Validate icmp://HOST without opening anything."""
         parts = split_target(url, "icmp")
-        if parts.port is not None:
+        if parts.port is not None or parts.netloc.endswith(":"):
             raise ValueError(f"{url!r}: icmp://HOST takes no port")
-        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username is not None or "?" in url:
             raise ValueError(f"{url!r}: icmp://HOST takes no path, query or user")
         return IcmpSpec(url=url, host=parts.hostname)
 
@@ -313,20 +318,20 @@ class IcmpProber:
         mode = "socket not open"
         try:
             async with asyncio.timeout(timeout_s):
-                family, sockaddr = await resolve(self.spec.host, 0, socket.SOCK_DGRAM)
+                family, sockaddr = await self._address.first()
                 endpoint = self._endpoint(family)
                 mode = f"{endpoint.mode} socket"
                 rtt_ns, clock = await endpoint.echo(sockaddr, self.counters)
-        except TimeoutError:
-            return self._lost(sent_at, LossReason.TIMEOUT, f"no echo reply within {timeout_s * 1e3:g} ms ({mode})")
-        except OSError as exc:
-            return self._lost(sent_at, loss_of_oserror(exc), f"{describe(exc)} ({mode})")
         except Exception as exc:  # noqa: BLE001 - one bad target is a lost sample, never an exception
-            return self._lost(sent_at, LossReason.ERROR, f"{describe(exc)} ({mode})")
+            self._address.refresh_soon()  # the name may point elsewhere by now (rate-limited)
+            if isinstance(exc, TimeoutError):
+                reason, detail = LossReason.TIMEOUT, f"no echo reply within {timeout_s * 1e3:g} ms"
+            elif isinstance(exc, OSError):
+                reason, detail = loss_of_oserror(exc), describe(exc)
+            else:
+                reason, detail = LossReason.ERROR, describe(exc)
+            return Sample.lost(self.url, self.kind, sent_at, reason, f"{detail} ({mode})")
         return Sample(self.url, self.kind, sent_at, rtt_ms=rtt_ns / 1e6, detail=f"icmp echo, {mode}, {clock}")
-
-    def _lost(self, sent_at: float, reason: LossReason, detail: str) -> Sample:
-        return Sample.lost(self.url, self.kind, sent_at, reason, detail)
 
     async def aclose(self) -> None:
         """Release this prober's share of the echo sockets."""
@@ -335,4 +340,4 @@ class IcmpProber:
             release(endpoint)
 
 
-__all__ = ["EchoSocket", "IcmpProber", "IcmpSpec", "acquire", "checksum", "open_icmp_socket", "release"]
+__all__ = ["EchoSocket", "IcmpProber", "IcmpSpec", "SocketClosed", "acquire", "checksum", "open_icmp_socket", "release"]

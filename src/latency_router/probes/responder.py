@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import asyncio_dgram
 
+from latency_router.aio import run_async
 from latency_router.probes.udp import DEFAULT_RCVBUF, parse_udp_url, set_rcvbuf
 
 PROG = "latency-router responder"
@@ -190,11 +191,7 @@ def responder_main(listen_url: str, mode: str = DEFAULT_MODE) -> int:
     except ValueError as exc:
         print(f"{PROG}: --listen {exc}", file=sys.stderr)
         return 2
-    try:
-        import uvloop
-    except ImportError:  # the standard loop works too, only slower
-        return asyncio.run(_run(host, port, listen_url, mode))
-    return uvloop.run(_run(host, port, listen_url, mode))
+    return run_async(_run(host, port, listen_url, mode))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections import Counter, deque
@@ -180,7 +181,7 @@ class Scheduler:
         interval_s: float,
         timeout_s: float,
         samples: int = 5,
-        max_in_flight: int = 1024,
+        max_in_flight: int = 1000,
         on_round: RoundConsumer | None = None,
         lag_period_s: float = 0.05,
         lag_window: int = 1200,
@@ -189,8 +190,8 @@ class Scheduler:
         close_probers: bool = True,
     ) -> None:
         # A target given as (key, prober) is known by its key: samples and rounds carry it as their `target`.
-        if interval_s <= 0 or timeout_s <= 0:
-            raise ValueError("interval_s and timeout_s must be more than 0")
+        if not (0 < interval_s < math.inf and 0 < timeout_s < math.inf):
+            raise ValueError("interval_s and timeout_s must be more than 0 and finite")
         if samples < 1 or max_in_flight < 1:
             raise ValueError("samples and max_in_flight must be at least 1")
         self._targets: list[_Target] = []
@@ -292,7 +293,7 @@ class Scheduler:
                     if -delay > drop_after:
                         # The loop stalled: drop what is long overdue instead of bursting it out together.
                         self._counts["skipped_probes"] += 1
-                        self._skip_in_round(open_round, i)
+                        self._skip_in_round(open_round)
                         continue
                     self._counts["late_probes"] += 1
                 next_due = round_start + (offsets[i + 1] if i + 1 < len(offsets) else interval + next_offsets[0])
@@ -303,6 +304,8 @@ class Scheduler:
                     task = loop.create_task(self._probe_into(open_round, i))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                    # Let it start now: a next probe already due (and run inline) must not go out before this one.
+                    await asyncio.sleep(0)
             offsets = next_offsets
             round_start = round_end
 
@@ -326,7 +329,7 @@ class Scheduler:
         if open_round.pending == 0:
             self._finish_round(open_round)
 
-    def _skip_in_round(self, open_round: _OpenRound, index: int) -> None:
+    def _skip_in_round(self, open_round: _OpenRound) -> None:
         """Leave one probe out of a round: the round reports the probes it sent, or nothing when it sent none."""
         open_round.pending -= 1
         if open_round.pending == 0:

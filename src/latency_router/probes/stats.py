@@ -7,10 +7,13 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from latency_router.probes import KINDS
 from latency_router.probes.base import Sample
 
-# Kinds whose samples carry phases (connect, tls, ttfb, ...); their JSON always has `phases_ms`.
-PHASED_KINDS = frozenset({"tcp", "http", "https"})
+
+def is_phased(kind: str) -> bool:
+    """Whether a kind's samples carry phases (its prober says `phased = True`); their JSON always has `phases_ms`."""
+    return bool(getattr(KINDS.get(kind), "phased", False))
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -102,7 +105,7 @@ class ProbeSummary:
             "loss_reasons": dict(self.loss_reasons),
         }
         # phases_ms: per phase (connect, tls, ttfb, ...) the same spread as rtt_ms, over the probes that replied.
-        if self.kind in PHASED_KINDS or self.phases:
+        if self.phases or is_phased(self.kind):
             out["phases_ms"] = {name: spread.as_dict(digits) for name, spread in self.phases.items()}
         return out
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from latency_router.probes.base import EngineCounters, LossReason, Sample, wall_now
-from latency_router.probes.common import describe, loss_of_oserror, resolve, split_target
+from latency_router.probes.common import AddressCache, describe, loss_of_oserror, split_target
 
 # struct tcp_info (linux/tcp.h): 8 one-byte fields, then 32-bit fields; tcpi_rtt is the 16th of those
 # (byte offset 68), tcpi_total_retrans the 24th (offset 100). A kernel that fills less gets no tcpi_rtt reading.
@@ -44,11 +44,13 @@ class TcpProber:
     """Connects to HOST:PORT once per probe and reports the handshake RTT the kernel measured."""
 
     kind: ClassVar[str] = "tcp"
+    phased: ClassVar[bool] = True  # its samples carry phases (connect, tcpi_rtt)
 
     def __init__(self, spec: TcpSpec, counters: EngineCounters | None = None) -> None:
         self.spec = spec
         self.url = spec.url
         self.counters = counters
+        self._address = AddressCache(spec.host, spec.port, socket.SOCK_STREAM)
 
     @classmethod
     def parse_url(cls, url: str) -> TcpSpec:
@@ -56,8 +58,10 @@ class TcpProber:
         parts = split_target(url, "tcp")
         if parts.port is None:
             raise ValueError("tcp://HOST:PORT needs a port")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
+        if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in url:
             raise ValueError(f"{url!r}: tcp://HOST:PORT takes no path or query")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(f"{url!r}: tcp://HOST:PORT takes no user or password")
         return TcpSpec(url=url, host=parts.hostname, port=parts.port)
 
     async def probe(self, timeout_s: float) -> Sample:
@@ -65,14 +69,17 @@ class TcpProber:
         sent_at = wall_now()
         try:
             async with asyncio.timeout(timeout_s):
-                family, addr = await resolve(self.spec.host, self.spec.port, socket.SOCK_STREAM)
+                family, addr = await self._address.first()
                 connect_ns, info = await self._connect(family, addr)
-        except TimeoutError:
-            return self._lost(sent_at, LossReason.TIMEOUT, f"no handshake within {timeout_s * 1e3:g} ms")
-        except OSError as exc:
-            return self._lost(sent_at, loss_of_oserror(exc), describe(exc))
         except Exception as exc:  # noqa: BLE001 - one bad target is a lost sample, never an exception
-            return self._lost(sent_at, LossReason.ERROR, describe(exc))
+            self._address.refresh_soon()  # the name may point elsewhere by now (rate-limited)
+            if isinstance(exc, TimeoutError):
+                reason, detail = LossReason.TIMEOUT, f"no handshake within {timeout_s * 1e3:g} ms"
+            elif isinstance(exc, OSError):
+                reason, detail = loss_of_oserror(exc), describe(exc)
+            else:
+                reason, detail = LossReason.ERROR, describe(exc)
+            return Sample.lost(self.url, self.kind, sent_at, reason, detail)
         connect_ms = connect_ns / 1e6
         if info is None or info[1] == 0:
             # No kernel sample (no TCP_INFO, or Karn's rule after a retransmitted SYN): say so and use the wall clock.
@@ -118,9 +125,6 @@ class TcpProber:
         finally:
             # A plain close (FIN, not an RST from SO_LINGER 0): servers then see an ordinary short connection.
             sock.close()
-
-    def _lost(self, sent_at: float, reason: LossReason, detail: str) -> Sample:
-        return Sample.lost(self.url, self.kind, sent_at, reason, detail)
 
     async def aclose(self) -> None:
         """Nothing to release: each probe closes its own socket."""

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import os
-import platform
-import re
 import socket
 import struct
 import sys
@@ -16,10 +15,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter_ns, time_ns
 from typing import ClassVar
-from urllib.parse import parse_qsl, urlsplit
 
 from latency_router.probes.base import EngineCounters, LossReason, Sample
-from latency_router.probes.common import describe, ip_literal, loss_of_oserror, resolve
+from latency_router.probes.common import (
+    CLOCK_KERNEL,
+    GENERIC_LINUX,
+    CLOCK_USER,
+    RX_CMSG_SPACE,
+    SO_TIMESTAMPNS,
+    AddressCache,
+    DropCounter,
+    describe,
+    enable_option,
+    enable_rx_timestamps,
+    loss_of_oserror,
+    pair_rtt,
+    query_options,
+    read_rx_cmsgs,
+    split_target,
+)
 
 # The payload: magic, this prober's random id, sequence number, wall-clock send time (ns); padded with zeros to size.
 MAGIC = b"LRu1"
@@ -29,30 +43,19 @@ DEFAULT_SIZE = 64
 MAX_SIZE = 65507  # the largest UDP payload over IPv4
 DEFAULT_RCVBUF = 4 << 20  # bytes asked for (the kernel doubles it): thousands of small replies, each ~1 KiB of truesize
 
-# Socket options by number: Python's socket module lacks them. The values are asm-generic Linux; a few
-# architectures (alpha, mips, parisc, sparc) number them differently, and there we go without.
-_GENERIC_LINUX = sys.platform == "linux" and platform.machine().lower() in (
-    "x86_64", "amd64", "i386", "i686", "aarch64", "arm64", "armv7l", "armv8l", "riscv64", "ppc64le", "ppc64", "s390x",
-    "loongarch64")
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if _GENERIC_LINUX else None)
-SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40 if _GENERIC_LINUX else None)
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if _GENERIC_LINUX else None)
-SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55 if _GENERIC_LINUX else None)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if GENERIC_LINUX else None)
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55 if GENERIC_LINUX else None)
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11 if sys.platform == "linux" else None)
 IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25 if sys.platform == "linux" else None)
 MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", None)
 
-_TIMESPEC = struct.Struct("@ll")  # struct timespec of SCM_TIMESTAMPNS (time_t and long are both native long)
-_U32 = struct.Struct("@I")
 _MEMINFO = struct.Struct("@9I")  # SK_MEMINFO_*: the last one, SK_MEMINFO_DROPS, is the counter SO_RXQ_OVFL reports
 _EXTENDED_ERR = struct.Struct("@IBBBBII")  # struct sock_extended_err: ee_errno first
-_ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_U32.size) + 64
 _ANC_ERR_SIZE = socket.CMSG_SPACE(_EXTENDED_ERR.size + 28) + 64
 _SOL_SOCKET = socket.SOL_SOCKET
 _RECVERR_CMSGS = {(socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)}
 
 _DRAIN_MAX = 4096  # datagrams read per wake-up before other callbacks get their turn
-_CLOCK_SLACK_NS = 1_000_000  # a kernel RTT this far above the monotonic one means the wall clock stepped
 _MIN_SWEEP_S = 0.001
 
 # What the sequence ring remembers of each recent seq, so that a reply without a waiting probe is told apart.
@@ -63,9 +66,7 @@ _PENDING, _ANSWERED, _EXPIRED, _LATE_ANSWERED = 0, 1, 2, 3
 DETAIL_KERNEL = "echo round trip: kernel receive timestamp minus wall-clock send time"
 DETAIL_USER = "echo round trip: user-space timer (no kernel receive timestamp)"
 DETAIL_STEPPED = "echo round trip: user-space timer (the wall clock stepped during the probe)"
-
-_LABEL = r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?"
-_HOST_NAME = re.compile(rf"^(?=.{{1,253}}\.?$){_LABEL}(\.{_LABEL})*\.?$")
+_DETAIL = {CLOCK_KERNEL: DETAIL_KERNEL, CLOCK_USER: DETAIL_USER}
 
 ResultCallback = Callable[[int, int, "int | None", "LossReason | None", str], None]
 """Bulk-path completion: (seq, sent_wall_ns, rtt_ns or None, loss reason or None, detail)."""
@@ -83,38 +84,14 @@ class UdpSpec:
 
 def parse_udp_url(url: str, *, allow_port_zero: bool = False) -> tuple[str, int, dict[str, str]]:
     """(host, port, query) of udp://HOST:PORT[?...], validated; ValueError in the URL's own words."""
-    if not isinstance(url, str) or not url.lower().startswith("udp://"):
-        raise ValueError(f"expected a udp:// URL, got {url!r}")
-    netloc = url[6:].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
-    if netloc.count(":") > 1 and "[" not in netloc:
-        raise ValueError(f"{url!r}: write an IPv6 address in brackets, e.g. udp://[::1]:7007")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        text = "the port must be a number within 1..65535" if "port" in str(exc).lower() else str(exc)
-        raise ValueError(f"{url!r}: {text}") from None
-    if not parts.hostname:
-        raise ValueError(f"{url!r}: missing HOST")
-    if port is None:
+    parts = split_target(url, "udp", allow_port_zero=allow_port_zero)
+    if parts.port is None:
         raise ValueError("udp://HOST:PORT needs a port")
-    if port == 0 and not allow_port_zero:
-        raise ValueError(f"{url!r}: the port must be a number within 1..65535")
     if parts.username is not None or parts.password is not None:
         raise ValueError(f"{url!r}: udp://HOST:PORT takes no user or password")
     if parts.path not in ("", "/") or parts.fragment:
         raise ValueError(f"{url!r}: udp://HOST:PORT takes no path or fragment")
-    host = parts.hostname
-    if ip_literal(host) is None and not _HOST_NAME.match(host):
-        raise ValueError(f"{url!r}: {host!r} is neither an IP address nor a host name")
-    query: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key in query:
-            raise ValueError(f"{url!r}: {key!r} given twice")
-        query[key] = value
-    if parts.query and not query:
-        raise ValueError(f"{url!r}: cannot read the query {parts.query!r}")
-    return host, port, query
+    return parts.hostname, parts.port, query_options(url, parts.query, None)  # type: ignore[return-value]
 
 
 def set_rcvbuf(sock: socket.socket, size_bytes: int) -> int:
@@ -130,16 +107,6 @@ def set_rcvbuf(sock: socket.socket, size_bytes: int) -> int:
     except OSError:
         pass
     return sock.getsockopt(_SOL_SOCKET, socket.SO_RCVBUF)
-
-
-def _enable(sock: socket.socket, level: int, option: int | None) -> bool:
-    if option is None:
-        return False
-    try:
-        sock.setsockopt(level, option, 1)
-    except OSError:
-        return False
-    return True
 
 
 class UdpProber:
@@ -170,7 +137,9 @@ class UdpProber:
         self._opening: asyncio.Task | None = None
         self._recverr = False
         self._recover_scheduled = False
-        self._drops_seen = 0
+        self._drops = DropCounter()
+        self._address = AddressCache(spec.host, spec.port, socket.SOCK_DGRAM)
+        self._peer: tuple[int, tuple] | None = None  # (family, sockaddr) the socket is connected to
 
     @classmethod
     def parse_url(cls, url: str) -> UdpSpec:
@@ -180,7 +149,7 @@ class UdpProber:
         for key, value in query.items():
             if key != "size":
                 raise ValueError(f"{url!r}: unknown option {key!r} (udp:// takes size=N)")
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()):
                 raise ValueError(f"{url!r}: size must be a whole number of bytes, got {value!r}")
             size = int(value)
             if not HEADER.size <= size <= MAX_SIZE:
@@ -211,23 +180,37 @@ class UdpProber:
     async def _open(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._sock is not None:
             self._close_socket(LossReason.ERROR, "the event loop changed")
-        family, addr = await resolve(self.spec.host, self.spec.port, socket.SOCK_DGRAM)
+        family, addr = await self._address.first()
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             self.rcvbuf_effective = set_rcvbuf(sock, self.rcvbuf_bytes)
-            self.kernel_timestamps = _enable(sock, _SOL_SOCKET, SO_TIMESTAMPNS)
-            _enable(sock, _SOL_SOCKET, SO_RXQ_OVFL)
+            self.kernel_timestamps = enable_rx_timestamps(sock)
             if MSG_ERRQUEUE is not None:
                 v6 = family == socket.AF_INET6
                 level, option = (socket.IPPROTO_IPV6, IPV6_RECVERR) if v6 else (socket.IPPROTO_IP, IP_RECVERR)
-                self._recverr = _enable(sock, level, option)
+                self._recverr = enable_option(sock, level, option)
             sock.connect(addr)  # the kernel then drops datagrams from anyone else, and reports ICMP errors to us
             loop.add_reader(sock.fileno(), self._on_readable)
         except BaseException:
             sock.close()
             raise
-        self._sock, self._loop, self._drops_seen = sock, loop, 0
+        self._sock, self._loop, self._peer, self._drops = sock, loop, (family, addr), DropCounter()
+
+    def _follow_address(self) -> None:
+        """Point the socket at the target's current address once a background lookup changed it."""
+        addresses = self._address.cached()  # also starts the periodic refresh when it is due
+        if not addresses or addresses[0] == self._peer or self._sock is None:
+            return
+        family, addr = addresses[0]
+        if self._peer is not None and family == self._peer[0]:
+            try:
+                self._sock.connect(addr)
+            except OSError:
+                return  # keep the old address; the next refresh tries again
+            self._peer = addresses[0]
+        else:  # another family needs another socket: the next open makes it
+            self._close_socket(LossReason.ERROR, f"the address of {self.spec.host!r} changed family")
 
     async def aclose(self) -> None:
         """Close the socket; probes still in flight end as lost (ERROR, prober closed)."""
@@ -256,9 +239,11 @@ class UdpProber:
 
     async def probe(self, timeout_s: float) -> Sample:
         """Send one echo request and return its Sample; lost with TIMEOUT, REFUSED, UNREACHABLE or ERROR, never raises."""
-        if not timeout_s > 0:
-            raise ValueError("the timeout must be positive")
+        if not (timeout_s > 0 and math.isfinite(timeout_s)):
+            raise ValueError("the timeout must be a positive, finite number of seconds")
         loop = asyncio.get_running_loop()
+        if self._sock is not None and self._loop is loop and not self._address.literal:
+            self._follow_address()
         if self._sock is None or self._loop is not loop:
             started = time_ns()
             try:
@@ -266,9 +251,9 @@ class UdpProber:
                     await self.open()
             except TimeoutError:
                 detail = f"could not resolve {self.spec.host!r} within {timeout_s * 1e3:g} ms"
-                return self._lost(started, LossReason.TIMEOUT, detail)
+                return Sample.lost(self.url, self.kind, started / 1e9, LossReason.TIMEOUT, detail)
             except OSError as exc:
-                return self._lost(started, loss_of_oserror(exc), describe(exc))
+                return Sample.lost(self.url, self.kind, started / 1e9, loss_of_oserror(exc), describe(exc))
         fut = loop.create_future()
         seq = self._send(int(timeout_s * 1e9), fut, None)
         try:
@@ -280,6 +265,7 @@ class UdpProber:
                     self._state[seq & _RING_MASK] = _EXPIRED
         if loss is None:
             return Sample(self.url, self.kind, sent_wall / 1e9, rtt_ms=rtt_ns / 1e6, detail=detail, seq=seq)
+        self._address.refresh_soon()  # the name may point elsewhere by now (rate-limited; never for an IP literal)
         return Sample.lost(self.url, self.kind, sent_wall / 1e9, loss, detail, seq=seq)
 
     def send_probe(self, timeout_s: float, on_result: ResultCallback) -> int:
@@ -338,9 +324,6 @@ class UdpProber:
             return loss_of_oserror(again), describe(again)
         return None
 
-    def _lost(self, sent_wall_ns: int, reason: LossReason, detail: str) -> Sample:
-        return Sample.lost(self.url, self.kind, sent_wall_ns / 1e9, reason, detail)
-
     @staticmethod
     def _deliver(entry: tuple, seq: int, rtt_ns: int | None, loss: LossReason | None, detail: str) -> None:
         fut, cb, sent_wall = entry[0], entry[1], entry[2]
@@ -368,7 +351,7 @@ class UdpProber:
         troubled = False
         for _ in range(_DRAIN_MAX):
             try:
-                n, ancdata, _flags, _addr = recv_into(bufs, _ANC_SIZE)
+                n, ancdata, _flags, _addr = recv_into(bufs, RX_CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -379,14 +362,9 @@ class UdpProber:
                 continue
             now = perf_counter_ns()
             got += 1
-            rx_ns = 0
-            for level, kind, data in ancdata:
-                if level == _SOL_SOCKET:
-                    if kind == SO_TIMESTAMPNS:
-                        sec, nsec = _TIMESPEC.unpack_from(data)
-                        rx_ns = sec * 1_000_000_000 + nsec
-                    elif kind == SO_RXQ_OVFL:
-                        self._note_drops(_U32.unpack_from(data)[0])
+            rx_ns, drops = read_rx_cmsgs(ancdata)
+            if drops is not None:
+                counters.socket_drops += self._drops.delta(drops)
             if n < header_size:
                 counters.stray_replies += 1
                 continue
@@ -398,15 +376,8 @@ class UdpProber:
             if entry is None:
                 self._unexpected(seq)
                 continue
-            monotonic_rtt = now - entry[3]
-            if rx_ns:
-                rtt = rx_ns - entry[2]
-                if 0 <= rtt <= monotonic_rtt + _CLOCK_SLACK_NS:
-                    detail = DETAIL_KERNEL
-                else:
-                    rtt, detail = monotonic_rtt, DETAIL_STEPPED
-            else:
-                rtt, detail = monotonic_rtt, DETAIL_USER
+            rtt, clock = pair_rtt(rx_ns, entry[2], entry[3], now)
+            detail = _DETAIL.get(clock, DETAIL_STEPPED)
             if rtt > entry[4]:
                 # Past its timeout (the timer had not fired yet): a late reply, and the probe is lost, as promised.
                 state[seq & _RING_MASK] = _LATE_ANSWERED
@@ -440,13 +411,6 @@ class UdpProber:
             else:
                 counters.duplicate_replies += 1
 
-    def _note_drops(self, total: int) -> None:
-        """SO_RXQ_OVFL carries the socket's running drop count (32 bits): add what is new to socket_drops."""
-        delta = (total - self._drops_seen) & 0xFFFFFFFF
-        if 0 < delta < 1 << 31:
-            self.counters.socket_drops += delta
-            self._drops_seen = total
-
     def _poll_drops(self, sock: socket.socket) -> None:
         """Read the drop counter directly: SO_RXQ_OVFL only tells on the next datagram the socket manages to queue."""
         if SO_MEMINFO is None:
@@ -456,7 +420,7 @@ class UdpProber:
         except OSError:
             return
         if len(raw) >= _MEMINFO.size:
-            self._note_drops(_MEMINFO.unpack_from(raw)[8])
+            self.counters.socket_drops += self._drops.delta(_MEMINFO.unpack_from(raw)[8])
 
     def _on_socket_error(self, exc: OSError) -> None:
         """An ICMP report surfaced as an exception: with IP_RECVERR the error queue says which probe; else all pending."""
@@ -550,7 +514,8 @@ class UdpProber:
                     earliest = queue[0][0]
             else:
                 del self._deadlines[timeout_ns]
-        if earliest is not None and self._timer is None and self._sock is not None:
+        # A callback above may have sent a probe and armed the timer for its (later) deadline: re-arm for ours then.
+        if earliest is not None and self._sock is not None and (self._timer is None or earliest < self._timer_at):
             self._arm(earliest, now)
 
     @staticmethod
@@ -560,4 +525,5 @@ class UdpProber:
         return f"reply after {rtt_ns / 1e6:.3f} ms, past the {timeout_ns / 1e6:g} ms timeout"
 
 
-__all__ = ["DEFAULT_SIZE", "HEADER", "MAGIC", "ResultCallback", "UdpProber", "UdpSpec", "parse_udp_url", "set_rcvbuf"]
+__all__ = ["DEFAULT_SIZE", "HEADER", "MAGIC", "SO_TIMESTAMPNS", "ResultCallback", "UdpProber", "UdpSpec", "parse_udp_url",
+           "set_rcvbuf"]
