@@ -51,6 +51,9 @@ from latency_router.probes.tcp import TcpProber
         ("tcp://1.2.3.4:/", "empty port after ':'"),
         ("http://[::1:80/", "Invalid IPv6 URL"),
         ("tcp://::1:80", "write an IPv6 address in brackets"),
+        ("http://[fe80::1%25eth0]/", "IPv6 zone IDs ('%' in the address) are not supported"),
+        ("tcp://[::1:80", "'tcp://[::1:80': Invalid IPv6 URL"),
+        ("dns://127.0.0.1/x.test?type=TYPE99999", "unknown record type 'TYPE99999'"),
         ("dns://127.0.0.1/x.test?tcp=1&tcp=0", "'tcp' given twice"),
         ("dns://127.0.0.1/x.test?type=A&type=AAAA", "'type' given twice"),
         ("udp://127.0.0.1:7?size=64&size=64", "'size' given twice"),
@@ -147,13 +150,15 @@ def test_the_udp_socket_reads_real_kernel_timestamps() -> None:
 
 
 class FakeResolver:
-    """socket.getaddrinfo for *.slow.test (blocks until released) and *.fast.test (at once), both as 127.0.0.1."""
+    """socket.getaddrinfo for *.slow.test (blocks until released) and *.fast.test (at once): 127.0.0.1, or the
+    address set in `answers`."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
         self.calls: Counter[str] = Counter()
         self.running: Counter[str] = Counter()
         self.peak: Counter[str] = Counter()
+        self.answers: dict[str, str] = {}
         self._lock = threading.Lock()
         self._real = socket.getaddrinfo
 
@@ -167,19 +172,23 @@ class FakeResolver:
         try:
             if host.endswith(".slow.test"):
                 self.release.wait(20)  # bounded: a forgotten release cannot hang the run
-            return self._real("127.0.0.1", port, *args, **kwargs)
+            return self._real(self.answers.get(host, "127.0.0.1"), port, *args, **kwargs)
         finally:
             with self._lock:
                 self.running[host] -= 1
 
 
-@pytest.fixture
-def resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeResolver]:
-    """The asyncio loop's getaddrinfo goes through socket.getaddrinfo in its executor: replace that."""
+def fake_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeResolver]:
+    """Install a FakeResolver as socket.getaddrinfo (which the probes' lookup threads call); for a fixture."""
     fake = FakeResolver()
     monkeypatch.setattr(socket, "getaddrinfo", fake)
     yield fake
-    fake.release.set()
+    fake.release.set()  # no lookup thread is left waiting
+
+
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeResolver]:
+    yield from fake_resolver(monkeypatch)
 
 
 @pytest.fixture

@@ -244,4 +244,4 @@ async def test_tcp_answer_split_over_segments_is_read_whole() -> None:
         sample = await prober(f"dns://127.0.0.1:{port}/ok.test?tcp=1").probe(2.0)
     finally:
         server.close()
-    assert sample.ok and sample.rtt_ms < sample.phases_ms["query"] + 1, sample
+    assert sample.ok and sample.detail.endswith("1 answer rrsets"), sample

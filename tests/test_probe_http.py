@@ -23,9 +23,15 @@ from cryptography.x509.oid import NameOID
 
 from latency_router.probes.base import LossReason
 from latency_router.probes.http import TIMING_NOTE, USER_AGENT, HttpProber
-from test_probe_common import FakeResolver, resolver  # noqa: F401 - the fixture, shared with the other kinds' tests
+from test_probe_common import FakeResolver, fake_resolver
 
 COLD_PHASES = {"dns", "connect", "ttfb", "transfer", "total"}
+
+
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeResolver]:
+    """Names under .slow.test and .fast.test, answered by the test (see test_probe_common)."""
+    yield from fake_resolver(monkeypatch)
 
 
 class Server:
@@ -211,7 +217,7 @@ async def test_phases_every_nth_probe(server: Server, every: int, requests: int,
     assert set(server.queries) == {""}  # phases= is the probe's option, never sent
 
 
-async def test_fresh_dns_phase_is_one_lookup_at_a_time(server: Server, resolver: FakeResolver) -> None:  # noqa: F811
+async def test_fresh_dns_phase_is_one_lookup_at_a_time(server: Server, resolver: FakeResolver) -> None:
     """A name whose lookups hang from the second on: the warm RTT goes on from the cache, the fresh request waits
     for its lookup until its share of the timeout runs out, and while that lookup hangs no second one starts."""
     resolver.release.set()

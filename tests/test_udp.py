@@ -10,7 +10,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -21,8 +21,15 @@ from hypothesis import strategies as st
 from latency_router.probes import make_prober, parse_url
 from latency_router.probes.base import EngineCounters, LossReason, Sample
 from latency_router.probes.udp import DETAIL_KERNEL, HEADER, MAGIC, SO_TIMESTAMPNS, UdpProber, UdpSpec
+from test_probe_common import FakeResolver, fake_resolver
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeResolver]:
+    """Names under .slow.test and .fast.test, answered by the test (see test_probe_common)."""
+    yield from fake_resolver(monkeypatch)
 
 
 @pytest.fixture(params=sorted(LOOPS))
@@ -643,3 +650,33 @@ def test_a_wall_clock_step_falls_back_to_the_monotonic_rtt(run, monkeypatch: pyt
         sample = run(scenario())
     assert sample.ok and sample.rtt_ms is not None and sample.rtt_ms < 1000, sample
     assert "the wall clock stepped" in sample.detail
+
+
+def test_a_name_is_followed_to_its_new_address(run, resolver) -> None:
+    """The name moves from 127.0.0.1 to 127.0.0.2: the background refresh finds it, and the socket follows."""
+    resolver.release.set()
+
+    async def scenario() -> list[Sample]:
+        p = prober(f"udp://echo.fast.test:{old.port}")
+        try:
+            p._address.refresh_s = 0.0  # refresh on every probe (in the background), instead of every minute
+            samples = [await p.probe(2.0)]
+            resolver.answers["echo.fast.test"] = "127.0.0.2"
+            samples.append(await p.probe(2.0))  # still the old address: the refresh it started runs meanwhile
+            async with asyncio.timeout(5):
+                while p._address.cached()[0][1][0] != "127.0.0.2":
+                    await asyncio.sleep(0.01)
+            samples.append(await p.probe(2.0))
+            return samples
+        finally:
+            await p.aclose()
+
+    with Echo() as old:
+        new = Echo("127.0.0.2")
+        new.sock.close()  # take the same port on 127.0.0.2
+        new.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        new.sock.bind(("127.0.0.2", old.port))
+        with new:
+            samples = run(scenario())
+    assert all(s.ok for s in samples), samples
+    assert len(old.received) == 2 and len(new.received) == 1

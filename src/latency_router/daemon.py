@@ -15,6 +15,7 @@ import sys
 from collections import deque
 from dataclasses import dataclass, field
 
+from latency_router.aio import run_async
 from latency_router.durations import format_duration, parse_duration
 from latency_router.probes import EngineCounters, make_prober
 from latency_router.probes.scheduler import Round, Scheduler
@@ -69,10 +70,14 @@ async def run(cfg, duration_s: float | None) -> int:
 
     lab = None
     if cfg.lab is not None:
-        from latency_router.lab import Lab
+        from latency_router.lab import Lab, LabError
 
         lab = Lab.from_config(cfg)
-        await lab.start()
+        try:
+            await lab.start()
+        except (LabError, OSError) as exc:
+            print(f"lab: cannot start: {exc}", file=sys.stderr)
+            return 1
         print(f"lab: {lab.mode} mode ({lab.why}); {len(lab.paths)} emulated paths", flush=True)
     try:
         counters = EngineCounters()
@@ -139,10 +144,4 @@ def run_main(config_path: str, duration: str | None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 2
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    return runner(run(cfg, duration_s))
+    return run_async(run(cfg, duration_s))

@@ -23,7 +23,10 @@ KINDS: dict[str, type] = {
 
 def scheme_of(url: str) -> str:
     """The URL's scheme, or ValueError naming the allowed ones."""
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    try:
+        scheme = urlsplit(url).scheme.lower() if isinstance(url, str) and "://" in url else ""
+    except ValueError as exc:  # e.g. an unclosed '[': say which URL
+        raise ValueError(f"{url!r}: {exc}") from None
     if scheme not in KINDS:
         allowed = ", ".join(sorted(KINDS))
         shown = scheme or url

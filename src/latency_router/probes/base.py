@@ -48,7 +48,10 @@ class Sample:
 
 @runtime_checkable
 class Prober(Protocol):
-    """One target of one kind; built once from its URL (parsed at load), probed many times."""
+    """One target of one kind; built once from its URL (parsed at load), probed many times.
+
+    A kind whose samples carry phases (tcp, http) also sets `phased: ClassVar[bool] = True`; the summaries read it.
+    """
 
     kind: ClassVar[str]
     url: str

@@ -59,6 +59,8 @@ def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
 
 def check_host(url: str, host: str) -> None:
     """Refuse a host that is neither an IP address nor a host name (empty labels, NUL, spaces, non-ASCII, ...)."""
+    if "%" in host:
+        raise ValueError(f"{url!r}: IPv6 zone IDs ('%' in the address) are not supported")
     if ip_literal(host) is not None:
         return
     # A name whose last label is all digits (127.1, 2130706433) would be read by the resolver as an IPv4 address.
@@ -337,7 +339,8 @@ class DropCounter:
 
 
 __all__ = [
-    "CLOCK_KERNEL", "CLOCK_STEPPED", "CLOCK_USER", "GENERIC_LINUX", "RX_CMSG_SPACE", "SO_RXQ_OVFL", "SO_TIMESTAMPNS", "AddressCache",
+    "CLOCK_KERNEL", "CLOCK_STEPPED", "CLOCK_USER", "GENERIC_LINUX", "RX_CMSG_SPACE", "SO_RXQ_OVFL", "SO_TIMESTAMPNS",
+    "AddressCache",
     "DropCounter", "check_host", "describe", "enable_option", "enable_rx_timestamps", "ip_literal", "loss_of_oserror",
     "pair_rtt", "parse_flag", "query_options", "read_rx_cmsgs", "split_target",
 ]

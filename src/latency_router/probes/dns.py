@@ -82,7 +82,7 @@ class DnsProber:
         options = query_options(url, parts.query, _OPTIONS, f"expected: {', '.join(_OPTIONS)}")
         try:
             rdtype = dns.rdatatype.from_text(options.get("type", "A").upper())
-        except dns.exception.DNSException:
+        except (dns.exception.DNSException, ValueError):  # ValueError: TYPE99999, out of range
             raise ValueError(f"{url!r}: unknown record type {options['type']!r}") from None
         tcp = parse_flag(url, "tcp", options["tcp"]) if "tcp" in options else False
         return DnsSpec(url=url, server=parts.hostname, port=parts.port or 53, qname=qname, rdtype=rdtype, tcp=tcp)
@@ -109,7 +109,7 @@ class DnsProber:
         rcode = response.rcode()
         if rcode != dns.rcode.NOERROR:
             return Sample.lost(self.url, self.kind, sent_at, LossReason.BAD_STATUS, f"rcode {dns.rcode.to_text(rcode)}")
-        how = "tcp, on the open connection" if spec.tcp else "udp"
+        how = "tcp, on the open connection (the connect phase includes event-loop delay)" if spec.tcp else "udp"
         detail = f"query over {how}, {_CLOCK_WORDS[clock]}, {len(response.answer)} answer rrsets"
         return Sample(self.url, self.kind, sent_at, rtt_ms=phases["query"], detail=detail, phases_ms=phases)
 

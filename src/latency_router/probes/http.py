@@ -179,7 +179,8 @@ class _CachedResolver(AbstractResolver):
     def __init__(self, cache: AddressCache, *, fresh: bool) -> None:
         self.cache, self.fresh = cache, fresh
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         cache, note = self.cache, None
         busy = cache.in_flight
         if self.fresh and not busy:
@@ -217,7 +218,7 @@ class _BadAnswer(Exception):
 
 
 class HttpProber:
-    """GETs the URL on a warm keep-alive connection (the RTT) and, every `phases`th probe, on a fresh one (the phases)."""
+    """GETs the URL on a warm keep-alive connection (the RTT) and, every `phases`th probe, on a fresh one."""
 
     kind: ClassVar[str] = "http"
     phased: ClassVar[bool] = True  # its samples carry phases (ttfb_warm, and dns, connect, tls, ... when measured)
@@ -343,7 +344,7 @@ class HttpProber:
 
     async def _fresh(self, session: aiohttp.ClientSession, deadline: float,
                      warm: _Timeline) -> tuple[_Timeline | None, str | None]:
-        """The fresh-connection request under what is left of the probe's timeout: (its timeline, or why there is none)."""
+        """The fresh request under what is left of the probe's timeout: (its timeline, or why there is none)."""
         left_s = deadline - asyncio.get_running_loop().time()
         if left_s <= warm.ttfb_ns / 1e9:
             return None, f"{max(left_s, 0) * 1e3:.0f} ms of the timeout left, less than one ttfb"
