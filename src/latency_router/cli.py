@@ -44,6 +44,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_and_duration(config_path: str, duration: str | None):
+    """Load the config and parse --duration for `run` and `lab`; on a problem, print it and return the exit code 2."""
+    from latency_router.config import ConfigError, load_config
+    from latency_router.durations import parse_duration
+
+    duration_s = None
+    if duration is not None:
+        try:
+            duration_s = parse_duration(duration)
+        except ValueError as exc:
+            print(f"--duration: {exc}", file=sys.stderr)
+            return 2
+        if duration_s <= 0:
+            print("--duration: must be more than 0", file=sys.stderr)
+            return 2
+    try:
+        return load_config(config_path), duration_s
+    except ConfigError as exc:
+        for problem in exc.problems or [str(exc)]:
+            print(problem, file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
@@ -62,14 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         from latency_router.probes.responder import responder_main
 
         return responder_main(args.listen)
-    if args.command == "lab":
-        from latency_router.lab.cli import lab_main
+    if args.command in ("lab", "run"):
+        loaded = _config_and_duration(args.config, args.duration)
+        if isinstance(loaded, int):
+            return loaded
+        if args.command == "lab":
+            from latency_router.lab.cli import lab_main
 
-        return lab_main(args.config, args.duration)
-    if args.command == "run":
+            return lab_main(*loaded)
         from latency_router.daemon import run_main
 
-        return run_main(args.config, args.duration)
+        return run_main(*loaded)
     raise AssertionError(args.command)
 
 

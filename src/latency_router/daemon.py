@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from latency_router.aio import run_async
-from latency_router.durations import format_duration, parse_duration
+from latency_router.durations import format_duration
 from latency_router.probes import EngineCounters, make_prober
 from latency_router.probes.scheduler import Round, Scheduler
 from latency_router.probes.stats import percentile
@@ -126,22 +126,7 @@ async def run(cfg, duration_s: float | None) -> int:
     return 0
 
 
-def run_main(config_path: str, duration: str | None) -> int:
-    """Load and validate the config, then run the daemon; returns the exit code."""
-    from latency_router.config import ConfigError, load_config
-
+def run_main(cfg, duration_s: float | None) -> int:
+    """Run the daemon on a loaded config until a signal or the duration; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    duration_s = None
-    if duration is not None:
-        try:
-            duration_s = parse_duration(duration)
-        except ValueError as exc:
-            print(f"--duration: {exc}", file=sys.stderr)
-            return 2
-    try:
-        cfg = load_config(config_path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
     return run_async(run(cfg, duration_s))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import signal
 import sys
 
-from latency_router.durations import format_duration, parse_duration
+from latency_router.durations import format_duration
 from latency_router.lab.lab import Lab, LabError
 
 
@@ -63,26 +62,8 @@ async def _run(lab: Lab, duration_s: float | None) -> int:
     return 0
 
 
-def lab_main(config_path: str, duration: str | None) -> int:
-    """Load the config, run its lab, print the mode, every path and a JSON stats line at exit; returns the exit code."""
-    from latency_router.config import ConfigError, load_config
-
-    duration_s = None
-    if duration is not None:
-        try:
-            duration_s = parse_duration(duration)
-        except ValueError as exc:
-            print(f"--duration: {exc}", file=sys.stderr)
-            return 2
-        if not math.isfinite(duration_s) or duration_s <= 0:
-            print("--duration: must be more than 0", file=sys.stderr)
-            return 2
-    try:
-        cfg = load_config(config_path)
-    except ConfigError as exc:
-        for problem in exc.problems or [str(exc)]:
-            print(problem, file=sys.stderr)
-        return 2
+def lab_main(cfg, duration_s: float | None) -> int:
+    """Run the lab of a loaded config; print the mode, every path and a JSON stats line at exit; returns the exit code."""
     try:
         lab = Lab.from_config(cfg)
     except ValueError as exc:
