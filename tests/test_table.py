@@ -1,0 +1,278 @@
+"""The latency table: statistics, health transitions, staleness and immutable snapshots, on a fake clock."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from latency_router.decider import HealthState, LatencyTable, RowKey, TableConfig
+from latency_router.probes.base import LossReason, Sample
+from latency_router.probes.scheduler import Round
+
+E1 = math.exp(-1)
+E01 = math.exp(-0.1)
+KEY = RowKey("eu", "eu-west-1", "direct")
+
+
+def ok(rtt_ms: float) -> Sample:
+    return Sample(target="udp://127.0.0.1:7", kind="udp", sent_at=0.0, rtt_ms=rtt_ms)
+
+
+def lost() -> Sample:
+    return Sample.lost("udp://127.0.0.1:7", "udp", 0.0, LossReason.TIMEOUT)
+
+
+def feed(table: LatencyTable, rtts: list[float | None], start: float = 0.0, step: float = 1.0) -> float:
+    """Add one sample per step (None is a lost probe); returns the clock after the last one."""
+    now = start
+    for i, rtt in enumerate(rtts):
+        now = start + i * step
+        table.add_sample(KEY, lost() if rtt is None else ok(rtt), now)
+    return now
+
+
+def row(table: LatencyTable, now: float):
+    r = table.snapshot(now).get(*KEY)
+    assert r is not None
+    return r
+
+
+@pytest.mark.parametrize(
+    ("times", "rtts", "tau", "expected"),
+    [
+        pytest.param([0.0], [40.0], 10.0, 40.0, id="first-sample-is-the-ewma"),
+        pytest.param([0, 1, 2, 3], [20.0] * 4, 10.0, 20.0, id="constant-stays-constant"),
+        pytest.param([0.0, 1.0], [10.0, 20.0], 10.0, (10 * E01 + 20) / (E01 + 1), id="two-samples-1s"),
+        pytest.param([0.0, 10.0], [10.0, 20.0], 10.0, (10 * E1 + 20) / (E1 + 1), id="one-tau-apart"),
+        pytest.param([0.0, 1000.0], [10.0, 20.0], 10.0, 20.0, id="old-data-decays-away"),
+        pytest.param([0.0, 0.0], [10.0, 20.0], 10.0, 15.0, id="same-instant-weigh-alike"),
+        pytest.param([0.0, 1.0], [10.0, 20.0], 1.0, (10 * E1 + 20) / (E1 + 1), id="shorter-tau-faster"),
+    ],
+)
+def test_ewma_decay(times, rtts, tau, expected):
+    table = LatencyTable(TableConfig(ewma_tau_s=tau))
+    for t, rtt in zip(times, rtts):
+        table.add_sample(KEY, ok(rtt), t)
+    assert row(table, times[-1]).ewma_ms == pytest.approx(expected, rel=1e-12)
+
+
+def test_ewma_step_converges_like_classic_alpha():
+    # With regular spacing the decayed mean approaches the classic EWMA, alpha = 1 - exp(-dt/tau).
+    table = LatencyTable(TableConfig(ewma_tau_s=10.0, stale_after_intervals=1e9))
+    now = feed(table, [10.0] * 500)
+    feed(table, [50.0] * 10, start=now + 1)
+    alpha = 1 - math.exp(-0.1)
+    classic = 50.0 - 40.0 * (1 - alpha) ** 10
+    assert row(table, now + 10).ewma_ms == pytest.approx(classic, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("rtts", "window", "p50", "p95", "p99", "minimum"),
+    [
+        pytest.param([5.0], 256, 5.0, 5.0, 5.0, 5.0, id="one-value"),
+        pytest.param([1.0, 2.0, 3.0, 4.0, 5.0], 256, 3.0, 4.8, 4.96, 1.0, id="interpolated"),
+        pytest.param([float(i) for i in range(1, 101)], 256, 50.5, 95.05, 99.01, 1.0, id="one-to-hundred"),
+        pytest.param([1.0, 100.0, 7.0, 8.0, 9.0], 3, 8.0, 8.9, 8.98, 7.0, id="window-drops-old-min"),
+        pytest.param([3.0, 1.0, 2.0], 256, 2.0, 2.9, 2.98, 1.0, id="unordered-input"),
+    ],
+)
+def test_percentiles_and_min(rtts, window, p50, p95, p99, minimum):
+    table = LatencyTable(TableConfig(window_samples=window, stale_after_intervals=1e9))
+    now = feed(table, rtts)
+    r = row(table, now)
+    assert (r.p50_ms, r.p95_ms, r.p99_ms, r.min_ms) == pytest.approx((p50, p95, p99, minimum))
+
+
+def rfc3550(rtts: list[float]) -> float:
+    j = 0.0
+    for a, b in zip(rtts, rtts[1:]):
+        j = j + (abs(b - a) - j) / 16
+    return j
+
+
+@pytest.mark.parametrize(
+    ("rtts", "expected"),
+    [
+        pytest.param([10.0], None, id="one-rtt-no-jitter"),
+        pytest.param([10.0, 10.0, 10.0], 0.0, id="steady-zero"),
+        pytest.param([10.0, 26.0], 1.0, id="one-step-of-16"),
+        pytest.param([10.0, 26.0, 10.0], 1.0 + (16 - 1) / 16, id="two-steps"),
+        pytest.param([10.0, None, 26.0], 1.0, id="lost-probes-skipped"),
+        pytest.param([10.0, 12.0, 9.0, 15.0, 15.0, 11.0], rfc3550([10, 12, 9, 15, 15, 11]), id="formula"),
+    ],
+)
+def test_jitter_rfc3550(rtts, expected):
+    table = LatencyTable()
+    now = feed(table, rtts)
+    got = row(table, now).jitter_ms
+    assert got == (None if expected is None else pytest.approx(expected))
+
+
+@pytest.mark.parametrize(
+    ("rtts", "window", "loss", "samples", "lost_total"),
+    [
+        pytest.param([10.0, 10.0], 256, 0.0, 2, 0, id="none-lost"),
+        pytest.param([10.0, None, 10.0, None], 256, 0.5, 4, 2, id="half"),
+        pytest.param([None, None, None], 256, 1.0, 3, 3, id="all-lost"),
+        pytest.param([None, None, 10.0, 10.0], 2, 0.0, 4, 2, id="window-forgets-old-loss"),
+        pytest.param([10.0, 10.0, None, 10.0], 2, 0.5, 4, 1, id="window-of-two"),
+    ],
+)
+def test_loss_ratio(rtts, window, loss, samples, lost_total):
+    table = LatencyTable(TableConfig(window_samples=window))
+    now = feed(table, rtts)
+    r = row(table, now)
+    assert (r.loss, r.samples, r.lost) == (pytest.approx(loss), samples, lost_total)
+
+
+def test_all_lost_row_has_no_rtt_figures():
+    table = LatencyTable()
+    now = feed(table, [None, None])
+    r = row(table, now)
+    assert (r.ewma_ms, r.p50_ms, r.min_ms, r.jitter_ms) == (None, None, None, None)
+
+
+U, D, N = HealthState.UP, HealthState.DOWN, HealthState.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("fail_after", "recover_after", "losses", "states"),
+    [
+        pytest.param(3, 3, [], [], id="no-rounds-unknown"),
+        pytest.param(3, 3, [0.0], [U], id="first-good-round-up"),
+        pytest.param(3, 3, [1.0, 1.0, 1.0], [N, N, D], id="unknown-down-after-fail_after"),
+        pytest.param(3, 3, [0.0, 1.0, 1.0, 1.0], [U, U, U, D], id="down-after-3"),
+        pytest.param(3, 3, [0.0, 1.0, 1.0, 0.0, 1.0, 1.0], [U] * 6, id="broken-run-stays-up"),
+        pytest.param(1, 1, [0.0, 1.0, 0.0], [U, D, U], id="fail1-recover1"),
+        pytest.param(2, 3, [0.0, 1, 1, 0, 0, 0], [U, U, D, D, D, U], id="recover-after-3"),
+        pytest.param(2, 3, [0.0, 1, 1, 0, 0, 1, 0, 0, 0], [U, U, D, D, D, D, D, D, U], id="recovery-run-reset"),
+        pytest.param(1, 1, [0.0, 0.5], [U, D], id="threshold-inclusive"),
+        pytest.param(1, 1, [0.0, 0.49], [U, U], id="below-threshold-good"),
+    ],
+)
+def test_health_transitions(fail_after, recover_after, losses, states):
+    table = LatencyTable(TableConfig(fail_after=fail_after, recover_after=recover_after, stale_after_intervals=1e9))
+    table.ensure(KEY)
+    assert row(table, 0.0).health is N
+    got = []
+    for i, loss in enumerate(losses):
+        table.add_round(KEY, loss, float(i))
+        got.append(row(table, float(i)).health)
+    assert got == states
+
+
+@pytest.mark.parametrize(
+    ("unknown_healthy", "expected"),
+    [pytest.param(True, True, id="unknown-counts-up"), pytest.param(False, False, id="unknown-counts-down")],
+)
+def test_unknown_is_configurable(unknown_healthy, expected):
+    table = LatencyTable(TableConfig(unknown_healthy=unknown_healthy))
+    table.ensure(KEY)
+    table.add_sample(KEY, ok(10.0), 0.0)  # samples without a round: still unknown
+    r = row(table, 0.0)
+    assert (r.health, r.healthy) == (N, expected)
+
+
+@pytest.mark.parametrize(
+    ("k", "interval", "age", "health"),
+    [
+        pytest.param(3, 1.0, 2.9, U, id="fresh"),
+        pytest.param(3, 1.0, 3.0, U, id="exactly-K-intervals"),
+        pytest.param(3, 1.0, 3.01, HealthState.STALE, id="past-K-intervals"),
+        pytest.param(2, 5.0, 9.0, U, id="k2-5s-fresh"),
+        pytest.param(2, 5.0, 11.0, HealthState.STALE, id="k2-5s-stale"),
+    ],
+)
+def test_staleness(k, interval, age, health):
+    table = LatencyTable(TableConfig(stale_after_intervals=k, interval_s=interval))
+    table.add_sample(KEY, ok(10.0), 100.0)
+    table.add_round(KEY, 0.0, 100.0)
+    r = row(table, 100.0 + age)
+    assert r.health is health
+    assert r.healthy is (health is U)
+
+
+def test_stale_clears_when_data_returns_and_unknown_never_goes_stale():
+    table = LatencyTable(TableConfig(stale_after_intervals=3, unknown_healthy=False))
+    table.ensure(KEY)
+    assert row(table, 1e6).health is N
+    table.add_round(KEY, 0.0, 0.0)
+    assert row(table, 10.0).health is HealthState.STALE
+    table.add_round(KEY, 0.0, 10.0)
+    assert row(table, 10.0).health is U
+
+
+def test_add_round_result_folds_samples_and_round():
+    table = LatencyTable(TableConfig(fail_after=1))
+    rnd = Round(target="udp://127.0.0.1:7", seq=0, started_at=0.0, samples=(ok(10.0), lost(), lost(), ok(30.0)))
+    table.add_round_result(KEY, rnd, 1.0)
+    r = row(table, 1.0)
+    assert (r.samples, r.lost, r.loss, r.min_ms, r.health, r.healthy) == (4, 2, 0.5, 10.0, D, False)
+
+
+def test_snapshot_shape_and_immutability():
+    table = LatencyTable()
+    feed(table, [10.0, 12.0])
+    snap = table.snapshot(1.0)
+    r = snap.rows[("eu", "eu-west-1", "direct")]
+    assert r.key == KEY and r.basis == "measured" and r.updated_at == 1.0
+    assert set(snap.to_json()["rows"][0]) >= {
+        "group", "region", "path", "ewma_ms", "p50_ms", "p95_ms", "min_ms", "jitter_ms", "loss",
+        "samples", "healthy", "health", "basis", "updated_at",
+    }
+    with pytest.raises(TypeError):
+        snap.rows[KEY] = r  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        r.ewma_ms = 0.0  # type: ignore[misc]
+    assert table.snapshot(2.0).rows is snap.rows  # unchanged table: the mapping is shared, not rebuilt
+
+
+rtt_lists = st.lists(
+    st.one_of(st.none(), st.floats(min_value=0.01, max_value=10_000, allow_nan=False)), min_size=1, max_size=60
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rtts=rtt_lists, window=st.integers(1, 20), where=st.integers(0, 60))
+def test_property_lost_sample_changes_no_rtt_figure(rtts, window, where):
+    table = LatencyTable(TableConfig(window_samples=window, stale_after_intervals=1e9))
+    now = feed(table, rtts[: where])
+    before = table.snapshot(now).get(*KEY)
+    table.add_sample(KEY, lost(), now)
+    after = row(table, now)
+    if before is not None:
+        for name in ("ewma_ms", "min_ms", "p50_ms", "p95_ms", "p99_ms", "jitter_ms"):
+            assert getattr(after, name) == getattr(before, name), name
+    else:
+        assert (after.ewma_ms, after.min_ms, after.p50_ms) == (None, None, None)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rtts=rtt_lists, window=st.integers(1, 20))
+def test_property_order_of_figures(rtts, window):
+    table = LatencyTable(TableConfig(window_samples=window))
+    now = feed(table, rtts)
+    r = row(table, now)
+    if r.min_ms is not None:
+        assert r.min_ms <= r.p50_ms <= r.p95_ms <= r.p99_ms
+        seen = [x for x in rtts if x is not None]
+        assert min(seen) * (1 - 1e-9) <= r.ewma_ms <= max(seen) * (1 + 1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(first=rtt_lists, later=rtt_lists, rounds=st.lists(st.floats(0, 1), max_size=10))
+def test_property_snapshot_unchanged_by_later_updates(first, later, rounds):
+    table = LatencyTable(TableConfig(fail_after=1, recover_after=1))
+    now = feed(table, first)
+    snap = table.snapshot(now)
+    frozen = snap.to_json()
+    feed(table, later, start=now + 1)
+    for loss in rounds:
+        table.add_round(KEY, loss, now + 2)
+    table.add_sample(RowKey("us", "us-east-1", "accelerator"), ok(5.0), now + 2)
+    table.snapshot(now + 2)
+    assert snap.to_json() == frozen
+    assert snap.taken_at == now
