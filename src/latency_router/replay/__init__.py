@@ -1,0 +1,1 @@
+"""Offline evaluation of policies on recorded or generated samples; `generate` writes scenario samples CSVs."""
