@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import resource
 import socket
@@ -13,6 +12,8 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+
+from latency_router.probes.stats import percentile as sorted_percentile
 
 # One probe as the driver sees it, given the worker's index: the measured RTT in milliseconds, or the
 # reason it was lost (a short word such as "timeout").
@@ -62,12 +63,7 @@ def free_port(host: str, kind: int = socket.SOCK_DGRAM) -> int:
 
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The q-th percentile (0-100) with linear interpolation, or None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    return sorted_percentile(sorted(values), q) if values else None
 
 
 def _round(x: float | None, digits: int = 1) -> float | None:

@@ -35,6 +35,17 @@ def loss_of_oserror(exc: OSError) -> LossReason:
     return _LOSS_BY_ERRNO.get(exc.errno or 0, LossReason.ERROR)
 
 
+def loss_of_exception(
+    exc: BaseException, timeout_detail: str, timeouts: tuple[type[BaseException], ...] = (TimeoutError,)
+) -> tuple[LossReason, str]:
+    """A probe's exception as (reason, detail): a timeout says `timeout_detail`, an OSError its errno's reason."""
+    if isinstance(exc, timeouts):
+        return LossReason.TIMEOUT, timeout_detail
+    if isinstance(exc, OSError):
+        return loss_of_oserror(exc), describe(exc)
+    return LossReason.ERROR, describe(exc)
+
+
 def describe(exc: BaseException) -> str:
     """An exception as one line of Sample.detail: its type and its text."""
     text = " ".join(str(exc).split())

@@ -21,9 +21,8 @@ from latency_router.probes.common import (
     RX_CMSG_SPACE,
     AddressCache,
     DropCounter,
-    describe,
     enable_rx_timestamps,
-    loss_of_oserror,
+    loss_of_exception,
     pair_rtt,
     parse_flag,
     query_options,
@@ -99,12 +98,7 @@ class DnsProber:
                 response, phases, clock = await exchange(query, family, sockaddr)
         except Exception as exc:  # noqa: BLE001 - one bad target is a lost sample, never an exception
             self._address.refresh_soon()  # the name may point elsewhere by now (rate-limited)
-            if isinstance(exc, (TimeoutError, dns.exception.Timeout)):
-                reason, detail = LossReason.TIMEOUT, f"no answer within {timeout_s * 1e3:g} ms"
-            elif isinstance(exc, OSError):
-                reason, detail = loss_of_oserror(exc), describe(exc)
-            else:
-                reason, detail = LossReason.ERROR, describe(exc)
+            reason, detail = loss_of_exception(exc, f"no answer within {timeout_s * 1e3:g} ms", (TimeoutError, dns.exception.Timeout))
             return Sample.lost(self.url, self.kind, sent_at, reason, detail)
         rcode = response.rcode()
         if rcode != dns.rcode.NOERROR:

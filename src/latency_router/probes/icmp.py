@@ -15,16 +15,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import ClassVar
 
-from latency_router.probes.base import EngineCounters, LossReason, Sample, wall_now
+from latency_router.probes.base import EngineCounters, Sample, wall_now
 from latency_router.probes.common import (
     CLOCK_KERNEL,
     CLOCK_USER,
     RX_CMSG_SPACE,
     AddressCache,
     DropCounter,
-    describe,
     enable_rx_timestamps,
-    loss_of_oserror,
+    loss_of_exception,
     pair_rtt,
     read_rx_cmsgs,
     split_target,
@@ -324,12 +323,7 @@ class IcmpProber:
                 rtt_ns, clock = await endpoint.echo(sockaddr, self.counters)
         except Exception as exc:  # noqa: BLE001 - one bad target is a lost sample, never an exception
             self._address.refresh_soon()  # the name may point elsewhere by now (rate-limited)
-            if isinstance(exc, TimeoutError):
-                reason, detail = LossReason.TIMEOUT, f"no echo reply within {timeout_s * 1e3:g} ms"
-            elif isinstance(exc, OSError):
-                reason, detail = loss_of_oserror(exc), describe(exc)
-            else:
-                reason, detail = LossReason.ERROR, describe(exc)
+            reason, detail = loss_of_exception(exc, f"no echo reply within {timeout_s * 1e3:g} ms")
             return Sample.lost(self.url, self.kind, sent_at, reason, f"{detail} ({mode})")
         return Sample(self.url, self.kind, sent_at, rtt_ms=rtt_ns / 1e6, detail=f"icmp echo, {mode}, {clock}")
 

@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-from latency_router.probes.base import EngineCounters, LossReason, Sample, wall_now
-from latency_router.probes.common import AddressCache, describe, loss_of_oserror, split_target
+from latency_router.probes.base import EngineCounters, Sample, wall_now
+from latency_router.probes.common import AddressCache, loss_of_exception, split_target
 
 # struct tcp_info (linux/tcp.h): 8 one-byte fields, then 32-bit fields; tcpi_rtt is the 16th of those
 # (byte offset 68), tcpi_total_retrans the 24th (offset 100). A kernel that fills less gets no tcpi_rtt reading.
@@ -73,12 +73,7 @@ class TcpProber:
                 connect_ns, info = await self._connect(family, addr)
         except Exception as exc:  # noqa: BLE001 - one bad target is a lost sample, never an exception
             self._address.refresh_soon()  # the name may point elsewhere by now (rate-limited)
-            if isinstance(exc, TimeoutError):
-                reason, detail = LossReason.TIMEOUT, f"no handshake within {timeout_s * 1e3:g} ms"
-            elif isinstance(exc, OSError):
-                reason, detail = loss_of_oserror(exc), describe(exc)
-            else:
-                reason, detail = LossReason.ERROR, describe(exc)
+            reason, detail = loss_of_exception(exc, f"no handshake within {timeout_s * 1e3:g} ms")
             return Sample.lost(self.url, self.kind, sent_at, reason, detail)
         connect_ms = connect_ns / 1e6
         if info is None or info[1] == 0:
