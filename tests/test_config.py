@@ -179,7 +179,9 @@ def test_parse_config_takes_a_mapping_too():
 def test_policy_names_are_the_documented_set():
     assert POLICY_NAMES == ("latency", "failover", "weighted", "geolocation", "geoproximity", "multivalue")
     for policy in POLICY_NAMES:
-        parse_config(MINIMAL + f'\n[[services]]\nname = "s"\npolicy = "{policy}"\n')
+        extra = 'geolocation = {"*" = "eu-west-1"}\n' if policy == "geolocation" else ""
+        config = parse_config(MINIMAL + f'\n[[services]]\nname = "s"\npolicy = "{policy}"\n{extra}')
+        assert config.services[0].policy_name == policy
 
 
 def test_building_a_config_in_python_checks_cross_references_too():

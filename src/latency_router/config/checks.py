@@ -106,21 +106,86 @@ def _vantage_problems(data: Mapping[str, Any]) -> list[Problem]:
 
 
 def _service_problems(data: Mapping[str, Any], regions: Mapping[str, Mapping]) -> list[Problem]:
-    """A service naming a region that does not exist, or naming one twice."""
+    """A service naming a region, group or path that does not exist, or naming a region twice."""
     problems: list[Problem] = []
+    groups = {name for _, g in _items(data, "groups") if (name := _text(g, "name"))}
+    default_group = data.get("default_group", "default")
+    if isinstance(default_group, str):
+        groups.add(default_group)
     for i, service in _items(data, "services"):
         names = service.get("regions")
-        if not isinstance(names, (list, tuple)):
-            continue
-        listed: set[str] = set()
-        for j, name in enumerate(names):
-            if not isinstance(name, str):
-                continue
-            if name in listed:
-                problems.append((("services", i, "regions", j), f"region {show(name)} is listed twice"))
-            elif name not in regions:
-                problems.append((("services", i, "regions", j), f"unknown region {show(name)}"))
-            listed.add(name)
+        used = set(regions)
+        if isinstance(names, (list, tuple)):
+            used = {n for n in names if isinstance(n, str) and n in regions}
+            listed: set[str] = set()
+            for j, name in enumerate(names):
+                if not isinstance(name, str):
+                    continue
+                if name in listed:
+                    problems.append((("services", i, "regions", j), f"region {show(name)} is listed twice"))
+                elif name not in regions:
+                    problems.append((("services", i, "regions", j), f"unknown region {show(name)}"))
+                listed.add(name)
+        problems.extend(_service_region_refs(("services", i), service, regions, used))
+        problems.extend(_service_group_refs(("services", i), service, groups))
+        path = service.get("path")
+        if isinstance(path, str) and path != "auto":
+            for name in sorted(used):
+                paths = regions[name].get("paths")
+                known = {_text(p, "name") for p in paths if isinstance(p, Mapping)} if isinstance(paths, (list, tuple)) else set()
+                if path not in known:
+                    problems.append((("services", i, "path"), f"region {show(name)} has no path {show(path)}"))
+    return problems
+
+
+def _region_ref(loc: Loc, name: Any, regions: Mapping[str, Mapping], used: set[str]) -> Problem | None:
+    if not isinstance(name, str):
+        return None
+    if name not in regions:
+        return (loc, f"unknown region {show(name)}")
+    if name not in used:
+        return (loc, f"region {show(name)} is not one of the service's regions")
+    return None
+
+
+def _service_region_refs(loc: Loc, service: Mapping, regions: Mapping[str, Mapping], used: set[str]) -> list[Problem]:
+    """priority, weights, bias, geolocation and fences may only name the service's regions."""
+    found: list[Problem | None] = []
+    priority = service.get("priority")
+    if isinstance(priority, (list, tuple)):
+        found += [_region_ref((*loc, "priority", j), n, regions, used) for j, n in enumerate(priority)]
+    for key in ("weights", "bias"):
+        table = service.get(key)
+        if isinstance(table, Mapping):
+            found += [_region_ref((*loc, key, n), n, regions, used) for n in table]
+    geo = service.get("geolocation")
+    if isinstance(geo, Mapping):
+        found += [_region_ref((*loc, "geolocation", g), n, regions, used) for g, n in geo.items()]
+    for k, fence in _items(service, "fences"):
+        names = fence.get("regions")
+        if isinstance(names, (list, tuple)):
+            found += [_region_ref((*loc, "fences", k, "regions", j), n, regions, used) for j, n in enumerate(names)]
+    return [p for p in found if p is not None]
+
+
+def _service_group_refs(loc: Loc, service: Mapping, groups: set[str]) -> list[Problem]:
+    """geolocation keys ('*' is the default) and fence groups must be groups of the config."""
+    problems: list[Problem] = []
+    geo = service.get("geolocation")
+    if isinstance(geo, Mapping):
+        problems += [
+            ((*loc, "geolocation", g), f"unknown group {show(g)} (use '*' for the default)")
+            for g in geo
+            if g != "*" and g not in groups
+        ]
+    for k, fence in _items(service, "fences"):
+        names = fence.get("groups")
+        if isinstance(names, (list, tuple)):
+            problems += [
+                ((*loc, "fences", k, "groups", j), f"unknown group {show(n)}")
+                for j, n in enumerate(names)
+                if isinstance(n, str) and n not in groups
+            ]
     return problems
 
 

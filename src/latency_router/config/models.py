@@ -19,11 +19,13 @@ from pydantic_core import PydanticCustomError
 
 from latency_router.config import fields
 from latency_router.config.checks import DEFAULT_AGENT_NAME, cross_reference_problems, key_path
+from latency_router.decider.steps import POLICY_NAMES, Step, named_chain, parse_chain
 from latency_router.durations import format_duration
 
-POLICY_NAMES: tuple[str, ...] = ("latency", "failover", "weighted", "geolocation", "geoproximity", "multivalue")
 LAB_MODES: tuple[str, ...] = ("auto", "nfqueue", "userspace")
 LAB_EVENT_KINDS: tuple[str, ...] = ("outage", "step")
+ALL_DOWN: tuple[str, ...] = ("fail-open", "last-known-good", "static", "none")
+METRICS: tuple[str, ...] = ("ewma", "p50", "p95", "min")
 
 # context key: the loader runs the cross-reference checks itself, on the raw data, so they run even when a field fails
 SKIP_CROSS_CHECK = "skip_cross_check"
@@ -153,12 +155,96 @@ class GroupConfig(_Model):
         return self
 
 
+class HysteresisConfig(_Model):
+    """[services.hysteresis]: a challenger must lead by max(margin, margin_ratio) for `evaluations` in a row, after `dwell`."""
+
+    margin_s: Annotated[Duration, Field(alias="margin", ge=0)] = 0.002
+    margin_ratio: Ratio = 0.03
+    evaluations: Annotated[Int, Field(ge=1, le=1000)] = 3
+    dwell_s: Annotated[Duration, Field(alias="dwell", ge=0)] = 10.0
+
+
+class FenceConfig(_Model):
+    """[[services.fences]]: the regions allowed to the groups it matches (by name, country or CIDR); the first match wins."""
+
+    groups: tuple[Name, ...] = ()
+    countries: tuple[Country, ...] = ()
+    cidrs: tuple[Network, ...] = ()
+    regions: Annotated[tuple[Str, ...], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> "FenceConfig":
+        if not (self.groups or self.countries or self.cidrs):
+            raise rule_error("groups", "a fence needs groups, countries or cidrs to match")
+        return self
+
+    def matches(self, group: "GroupConfig") -> bool:
+        """True when the group is named, shares a country, or has a CIDR inside one of the fence's."""
+        if group.name in self.groups or set(group.countries) & set(self.countries):
+            return True
+        return any(
+            net.version == fence.version and net.subnet_of(fence)  # type: ignore[arg-type]
+            for net in group.cidrs
+            for fence in self.cidrs
+        )
+
+
+def _chain(value: Any) -> tuple[Step, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected an array of step strings such as [\"healthy\", \"latency\", \"first\"], got {fields.show(value)}")
+    return parse_chain(value)
+
+
+Weight = Annotated[int, Strict(), Field(ge=0, le=255)]
+Bias = Annotated[int, Strict(), Field(ge=-99, le=99)]
+
+
 class ServiceConfig(_Model):
-    """[[services]]: what clients ask for, the policy that decides it and the regions it may use."""
+    """[[services]]: what clients ask for, the policy (or chain) that decides it, and how it moves and fails."""
 
     name: Name
-    policy: Annotated[str, _choice("policy", POLICY_NAMES)]
+    policy: Annotated[str | None, _choice("policy", POLICY_NAMES)] = None
+    chain: Annotated[tuple[Step, ...], PlainValidator(_chain), PlainSerializer(lambda c: [str(s) for s in c])] = ()
     regions: Annotated[tuple[Str, ...], Field(min_length=1)] = ()
+    path: Annotated[str, PlainValidator(lambda v: v if v == "auto" else fields.name(v))] = "auto"
+    primary_path: Name = "direct"
+    path_margin_s: Annotated[Duration, Field(alias="path_margin", ge=0)] = 0.001
+    path_margin_ratio: Ratio = 0.02
+    metric: Annotated[str, _choice("metric", METRICS)] = "ewma"
+    ttl_s: Annotated[Duration, Field(alias="ttl", ge=0)] = 60.0
+    all_down: Annotated[str, _choice("all_down", ALL_DOWN)] = "fail-open"
+    fallback: tuple[Annotated[str, PlainValidator(fields.answer)], ...] = ()
+    answers: Annotated[Int | None, Field(ge=1, le=255)] = None
+    priority: tuple[Str, ...] = ()
+    weights: dict[Str, Weight] = {}
+    bias: dict[Str, Bias] = {}
+    geolocation: dict[Str, Str] = {}
+    fences: tuple[FenceConfig, ...] = ()
+    hysteresis: HysteresisConfig = HysteresisConfig()
+
+    @model_validator(mode="after")
+    def _rules(self) -> "ServiceConfig":
+        if self.policy is None and not self.chain:
+            raise rule_error("policy", f"give a policy (one of: {', '.join(POLICY_NAMES)}) or a chain")
+        if self.policy is not None and self.chain:
+            raise rule_error("chain", "give a policy or a chain, not both")
+        if self.all_down == "static" and not self.fallback:
+            raise rule_error("fallback", "required when all_down = 'static' (the answers to give when every region is down)")
+        if "geolocation" in {s.name for s in self.steps} and not self.geolocation:
+            raise rule_error("geolocation", "required by the geolocation step: a map of group to region, '*' for the default")
+        if self.fallback and self.all_down != "static":
+            raise rule_error("fallback", f"only used with all_down = 'static' (all_down is '{self.all_down}')")
+        return self
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        """The filter chain that decides this service: its own, or its named policy's."""
+        return self.chain if self.chain else named_chain(self.policy)  # type: ignore[arg-type]
+
+    @property
+    def policy_name(self) -> str:
+        """The named policy, or 'chain' for a service that writes its own."""
+        return self.policy or "chain"
 
 
 class LabEvent(_Model):

@@ -1,0 +1,181 @@
+"""A policy: the pure function (snapshot rows, compiled config, now, state) -> (decision, state) that runs a filter chain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from latency_router.decider import fence, first, geolocation, healthy, latency, multivalue, priority, proximity, sticky, weighted
+from latency_router.decider.candidates import Rows, build_candidates, path_candidate
+from latency_router.decider.decision import Candidate, Decision
+from latency_router.decider.hysteresis import Target, hold
+from latency_router.decider.plan import Plan
+from latency_router.decider.steps import FILTERS, SORTERS
+
+StepFn = Callable[[list[Candidate], Plan, float], list[Candidate]]
+# the one map from step name to its code; the names themselves live in steps.py
+STEPS: dict[str, Any] = {
+    "healthy": healthy,
+    "fence": fence,
+    "geolocation": geolocation,
+    "latency": latency,
+    "proximity": proximity,
+    "priority": priority,
+    "first": first,
+    "weighted": weighted,
+    "multivalue": multivalue,
+    "sticky": sticky,
+}
+HELD_SELECTORS = ("first", "multivalue", "sticky")  # weighted answers come from config weights: nothing to damp
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    """What a policy remembers between evaluations: incumbents, challenger streaks, the last change, the last good decision."""
+
+    incumbents: tuple[Target, ...] = ()
+    streaks: tuple[tuple[Target, int], ...] = ()
+    changed_at: float | None = None
+    last: tuple[str | None, str | None, tuple[str, ...]] | None = None  # (region, path, answers) last handed out
+    last_good: Decision | None = None
+
+
+INITIAL = PolicyState()
+
+
+def _run(cands: list[Candidate], plan: Plan, now: float, skip_healthy: bool) -> tuple[list[Candidate], list[Candidate]]:
+    """Run the filters and the sorter; return (ranked, excluded with their reasons)."""
+    excluded: list[Candidate] = []
+    current = cands
+    for step in plan.steps[:-1]:
+        if skip_healthy and step.name == "healthy":
+            continue
+        module = STEPS[step.name]
+        kept = module.apply(current, plan, now)
+        if step.name in FILTERS and len(kept) < len(current):
+            ids = {id(c) for c in kept}
+            excluded += [c._replace(excluded=module.EXCLUDED) for c in current if id(c) not in ids]
+        current = kept
+    return current, excluded
+
+
+def _rank_reason(plan: Plan, ranked: list[Candidate], chosen: Candidate) -> str:
+    sorter = next((s.name for s in plan.steps if s.name in SORTERS), None)
+    if sorter == "latency":
+        if chosen.rtt_ms is None:
+            return "no measurements yet: first in the service's order"
+        rest = [c for c in ranked if c.region != chosen.region and c.rtt_ms is not None]
+        if not rest:
+            return f"the only candidate left ({chosen.rtt_ms:.1f} ms)"
+        nxt = min(rest, key=lambda c: c.rtt_ms)  # type: ignore[arg-type,return-value]
+        return f"{chosen.rtt_ms:.1f} ms, next {nxt.region} at {nxt.rtt_ms:.1f} ms"
+    if sorter == "priority":
+        return f"priority {plan.priority_rank.get(chosen.region, len(plan.order)) + 1} of the candidates left"
+    if sorter == "proximity":
+        km = plan.distance_km.get(chosen.region)
+        return "no group location: first in the service's order" if km is None else f"nearest by biased distance ({km:.0f} km)"
+    if any(s.name == "geolocation" for s in plan.steps):
+        return f"mapped for group {plan.group}" if chosen.region == plan.geo_mapped else "the default ('*') region"
+    return "first in the service's order"
+
+
+def _path_reason(chosen: Candidate) -> str:
+    m = chosen.path_margin_ms
+    if m is None:
+        return ""
+    if m >= 0:
+        return f"{chosen.path} is {m:.1f} ms faster than the other path"
+    return f"{chosen.path} kept: the other path is {-m:.1f} ms faster, under the path margin"
+
+
+def _all_down(
+    plan: Plan, now: float, state: PolicyState, candidates: tuple[Candidate, ...]
+) -> tuple[str, tuple[str, ...], str | None, str | None, float | None, str, str]:
+    """(fallback, answers, region, path, rtt_ms, basis, reason) when no candidate is left."""
+    if plan.all_down == "last-known-good" and state.last_good is not None:
+        g = state.last_good
+        why = f"every region is down: last known good {g.region} via {g.path}, decided at t={g.evaluated_at:.0f}"
+        return "last-known-good", g.answers, g.region, g.path, g.rtt_ms, g.basis, why
+    if plan.all_down == "static":
+        return "static", plan.fallback, None, None, None, "static", "every region is down: the static fallback answers"
+    if plan.all_down == "last-known-good":
+        return "last-known-good", (), None, None, None, "none", "every region is down and there is no last known good: no answer"
+    return "none", (), None, None, None, "none", "every region is down: no answer (all_down = 'none')"
+
+
+def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL) -> tuple[Decision, PolicyState]:
+    """Decide for one (service, group) from its table rows at `now`; returns the decision and the state to pass next time."""
+    cands = build_candidates(rows, plan)
+    ranked, excluded = _run(cands, plan, now, skip_healthy=False)
+    fallback = None
+    if not ranked and any(c.excluded == healthy.EXCLUDED for c in excluded) and plan.all_down == "fail-open":
+        # Route 53: when every record is unhealthy, answer as if all were healthy
+        fallback = "fail-open"
+        ranked, excluded = _run(cands, plan, now, skip_healthy=True)
+    selector = plan.steps[-1]
+    incumbents, streaks, note = state.incumbents, state.streaks, ""
+    if ranked and selector.name in HELD_SELECTORS:
+        size = 1 if selector.name == "first" else plan.count
+
+        def candidate_for(region: str, path: str) -> Candidate:
+            answer = next(a for r in plan.regions if r.name == region for p, a in r.paths if p == path)
+            return path_candidate(rows, plan, region, path, answer)
+
+        held = hold(ranked, size, plan, now, state.incumbents, state.streaks, state.changed_at, candidate_for)
+        ranked, incumbents, streaks, note = held.ranked, held.incumbents, held.streaks, held.note
+    chosen = STEPS[selector.name].apply(ranked, plan, now) if ranked else []
+    if chosen:
+        top = chosen[0]
+        region, path, rtt_ms = top.region, top.path, top.rtt_ms
+        answers = tuple(c.answer for c in chosen)
+        basis = "measured" if rtt_ms is not None else "unknown"
+        parts = [f"{region} via {path}: {_rank_reason(plan, ranked, top)}"]
+        if selector.name != "first":
+            parts.append(f"{selector.name} selector gives {len(chosen)} answer{'s' if len(chosen) != 1 else ''}")
+        if fallback:
+            parts.insert(0, "every region is down: fail-open, answering as if all were healthy")
+        parts += [p for p in (_path_reason(top), note) if p]
+        down = [c.region for c in excluded if c.excluded == healthy.EXCLUDED]
+        if down and not fallback:
+            parts.append("down: " + ", ".join(down))
+        reason = "; ".join(parts)
+        path_margin = top.path_margin_ms
+    else:
+        all_cands = tuple(excluded)
+        fallback, answers, region, path, rtt_ms, basis, reason = _all_down(plan, now, state, all_cands)
+        path_margin = None
+        incumbents, streaks = (), ()
+    chosen_ids = {(c.region, c.path) for c in chosen}
+    rest = [c for c in ranked if (c.region, c.path) not in chosen_ids]
+    target = (region, path, answers)
+    changed = state.last != target
+    changed_at = now if changed or state.changed_at is None else state.changed_at
+    decision = Decision(
+        service=plan.service,
+        group=plan.group,
+        policy=plan.policy,
+        region=region,
+        path=path,
+        answers=answers,
+        rtt_ms=rtt_ms,
+        ttl=plan.ttl,
+        basis=basis,
+        reason=reason,
+        fallback=fallback,
+        path_margin_ms=path_margin,
+        candidates=(*chosen, *rest, *excluded),
+        evaluated_at=now,
+        changed_at=changed_at,
+        sticky_pool=tuple(chosen) if selector.name == "sticky" else (),
+    )
+    good = decision if fallback is None and answers else state.last_good
+    return decision, PolicyState(incumbents, streaks, changed_at, target, good)
+
+
+def rows_for(snapshot: Any, plan: Plan) -> Mapping[tuple[str, str], Any]:
+    """The group's rows in the snapshot: under its own name, else under its vantage's."""
+    for name in plan.row_groups:
+        rows = snapshot.group_rows(name)
+        if rows:
+            return rows
+    return {}
