@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("responder", help="region-side UDP echo reflector (RFC 862-compatible)")
     p.add_argument("--listen", default="udp://0.0.0.0:7007", metavar="udp://HOST:PORT")
+
+    from latency_router.replay.cli import add_parser as add_replay_parser
+
+    add_replay_parser(sub)
     return parser
 
 
@@ -85,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         from latency_router.probes.responder import responder_main
 
         return responder_main(args.listen)
+    if args.command == "replay":
+        from latency_router.replay.cli import replay_main
+
+        return replay_main(args)
     if args.command in ("lab", "run"):
         loaded = _config_and_duration(args.config, args.duration)
         if isinstance(loaded, int):

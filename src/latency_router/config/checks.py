@@ -129,13 +129,19 @@ def _service_problems(data: Mapping[str, Any], regions: Mapping[str, Mapping]) -
         problems.extend(_service_region_refs(("services", i), service, regions, used))
         problems.extend(_service_group_refs(("services", i), service, groups))
         path = service.get("path")
-        if isinstance(path, str) and path != "auto":
+        if is_name(path) and path != "auto":  # an invalid name is reported once, by the field itself
             for name in sorted(used):
-                paths = regions[name].get("paths")
-                known = {_text(p, "name") for p in paths if isinstance(p, Mapping)} if isinstance(paths, (list, tuple)) else set()
-                if path not in known:
+                if path not in _path_names(regions[name]):
                     problems.append((("services", i, "path"), f"region {show(name)} has no path {show(path)}"))
+        primary = service.get("primary_path")
+        if is_name(primary) and used and not any(primary in _path_names(regions[n]) for n in used):
+            problems.append((("services", i, "primary_path"), f"no region of the service has a path {show(primary)}"))
     return problems
+
+
+def _path_names(region: Mapping) -> set[str | None]:
+    paths = region.get("paths")
+    return {_text(p, "name") for p in paths if isinstance(p, Mapping)} if isinstance(paths, (list, tuple)) else set()
 
 
 def _region_ref(loc: Loc, name: Any, regions: Mapping[str, Mapping], used: set[str]) -> Problem | None:
@@ -154,6 +160,11 @@ def _service_region_refs(loc: Loc, service: Mapping, regions: Mapping[str, Mappi
     priority = service.get("priority")
     if isinstance(priority, (list, tuple)):
         found += [_region_ref((*loc, "priority", j), n, regions, used) for j, n in enumerate(priority)]
+        found += [
+            ((*loc, "priority", j), f"region {show(n)} is listed twice")
+            for j, n in enumerate(priority)
+            if isinstance(n, str) and n in priority[:j]
+        ]
     for key in ("weights", "bias"):
         table = service.get(key)
         if isinstance(table, Mapping):

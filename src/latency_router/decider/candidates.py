@@ -15,7 +15,7 @@ def path_candidate(rows: Rows, plan: Plan, region: str, path: str, answer: str) 
     row = rows.get((region, path))
     if row is None:
         return Candidate(region, path, answer, None, "none", True)
-    return Candidate(region, path, answer, getattr(row, plan.metric), row.health, row.healthy)
+    return Candidate(region, path, answer, plan.metric_of(row), row.health, row.healthy)
 
 
 def beats(challenger_ms: float | None, incumbent_ms: float | None, margin_ms: float, ratio: float) -> bool:
@@ -27,25 +27,49 @@ def beats(challenger_ms: float | None, incumbent_ms: float | None, margin_ms: fl
     return incumbent_ms - challenger_ms >= max(margin_ms, ratio * incumbent_ms)
 
 
-def region_candidate(rows: Rows, plan: Plan, region: RegionPlan) -> Candidate:
-    """The region over its primary path, unless another healthy path beats it by the path margin (or the primary is down)."""
-    paths = region.paths
-    primary = path_candidate(rows, plan, region.name, *paths[0])
-    if len(paths) == 1:
-        return primary
-    others = [path_candidate(rows, plan, region.name, *p) for p in paths[1:]]
-    healthy_others = [c for c in others if c.healthy and c.rtt_ms is not None]
-    best = min(healthy_others, key=lambda c: c.rtt_ms) if healthy_others else None  # type: ignore[arg-type,return-value]
-    if best is None:
-        return primary
-    if primary.healthy and not beats(best.rtt_ms, primary.rtt_ms, plan.path_margin_ms, plan.path_margin_ratio):
-        chosen, other = primary, best
-    else:
-        chosen, other = best, primary
-    margin = None if chosen.rtt_ms is None or other.rtt_ms is None else other.rtt_ms - chosen.rtt_ms
-    return chosen._replace(path_margin_ms=margin)
+_new = tuple.__new__  # builds a Candidate without NamedTuple's Python-level __new__: this loop runs per region per group
 
 
-def build_candidates(rows: Rows, plan: Plan) -> list[Candidate]:
-    """One candidate per region of the service, in the service's region order."""
-    return [region_candidate(rows, plan, r) for r in plan.regions]
+def build_candidates(rows: Rows, plan: Plan) -> tuple[list[Candidate], bool]:
+    """One candidate per region of the service, in the service's region order; and whether the picture is incomplete.
+
+    Each region goes over its primary path, unless another healthy path beats it by the path margin, or the
+    primary is down and another path is healthy. Incomplete: some healthy row was probed but has no RTT yet.
+    """
+    metric = plan.metric_of
+    margin_ms, ratio = plan.path_margin_ms, plan.path_margin_ratio
+    get = rows.get
+    out = []
+    append = out.append
+    missing = False
+    for region in plan.regions:
+        name, paths = region.name, region.paths
+        path, answer = paths[0]
+        row = get((name, path))
+        if row is None:
+            rtt, health, ok = None, "none", True
+        else:
+            rtt, health, ok = metric(row), row.health, row.healthy
+            if rtt is None and ok and row.samples:
+                missing = True
+        best = None
+        for other_path, other_answer in paths[1:]:
+            other = get((name, other_path))
+            if other is None or not other.healthy:
+                continue
+            value = metric(other)
+            if value is None:
+                missing = missing or other.samples > 0
+            elif best is None or value < best[0]:
+                best = (value, other_path, other_answer, other.health)
+        if best is None:
+            append(_new(Candidate, (name, path, answer, rtt, health, ok, 0, None, None)))
+            continue
+        value, other_path, other_answer, other_health = best
+        # the primary stays unless it is down or the other path leads by max(margin, ratio x primary)
+        if ok and rtt is not None and rtt - value < max(margin_ms, ratio * rtt):
+            append(_new(Candidate, (name, path, answer, rtt, health, ok, 0, value - rtt, None)))
+        else:
+            margin = None if rtt is None else rtt - value
+            append(_new(Candidate, (name, other_path, other_answer, value, other_health, True, 0, margin, None)))
+    return out, missing

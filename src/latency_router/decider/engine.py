@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from latency_router.decider.decision import Decision, share_weights
+from latency_router.decider.decision import WEIGHT_SCALE, Decision, share_weights
 from latency_router.decider.plan import Plan, compile_plan
 from latency_router.decider.policy import INITIAL, PolicyState, decide, rows_for
 
@@ -67,9 +67,15 @@ def service_weights(decisions: Iterable[Decision], sizes: Mapping[str, float]) -
     share: dict[tuple[str, str, str], float] = {}
     for d in decisions:
         size = sizes.get(d.group, 1.0)
+        if d.fallback in ("static", "last-known-good"):
+            # a fallback's answers carry no candidate weights: the group's share splits evenly over them
+            for answer in d.answers:
+                key = (d.region or "", d.path or "", answer)
+                share[key] = share.get(key, 0.0) + size / len(d.answers)
+            continue
         for c in d.candidates:
             if c.weight > 0:
                 key = (c.region, c.path, c.answer)
-                share[key] = share.get(key, 0.0) + size * c.weight
+                share[key] = share.get(key, 0.0) + size * c.weight / WEIGHT_SCALE
     keys = sorted(share)
     return dict(zip(keys, share_weights(len(keys), [share[k] for k in keys])))

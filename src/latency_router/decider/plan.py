@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from latency_router.decider.steps import SORTERS, Step
 
@@ -43,6 +44,7 @@ class Plan:
     weights: Mapping[str, float]
     count: int  # answers a multivalue or sticky selector gives
     metric: str  # the RowSnapshot field the ranking reads
+    metric_of: Callable[[Any], float | None]
     latency_ranked: bool  # hysteresis compares RTTs (latency sorter) rather than ranks
     margin_ms: float
     margin_ratio: float
@@ -110,6 +112,7 @@ def compile_plan(config: "Config", service: "ServiceConfig", group: "GroupConfig
         weights=MappingProxyType({n: float(service.weights.get(n, 1 if not service.weights else 0)) for n in names}),
         count=count,
         metric=f"{service.metric}_ms",
+        metric_of=operator.attrgetter(f"{service.metric}_ms"),
         latency_ranked=sorter == "latency",
         margin_ms=h.margin_s * 1000.0,
         margin_ratio=h.margin_ratio,
@@ -117,7 +120,7 @@ def compile_plan(config: "Config", service: "ServiceConfig", group: "GroupConfig
         dwell_s=h.dwell_s,
         path_margin_ms=service.path_margin_s * 1000.0,
         path_margin_ratio=service.path_margin_ratio,
-        ttl=int(round(service.ttl_s)),
+        ttl=math.ceil(service.ttl_s),  # a DNS TTL is whole seconds: 500ms is 1, never 0
         all_down=service.all_down,
         fallback=service.fallback,
         row_groups=tuple(dict.fromkeys(n for n in (group.name, group.vantage) if n)),

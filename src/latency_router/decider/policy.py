@@ -26,7 +26,7 @@ STEPS: dict[str, Any] = {
     "multivalue": multivalue,
     "sticky": sticky,
 }
-HELD_SELECTORS = ("first", "multivalue", "sticky")  # weighted answers come from config weights: nothing to damp
+HELD_SELECTORS = ("first", "multivalue", "sticky", "weighted")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +34,7 @@ class PolicyState:
     """What a policy remembers between evaluations: incumbents, challenger streaks, the last change, the last good decision."""
 
     incumbents: tuple[Target, ...] = ()
-    streaks: tuple[tuple[Target, int], ...] = ()
+    streak: int = 0  # evaluations in a row in which a challenger beat the weakest incumbent
     changed_at: float | None = None
     last: tuple[str | None, str | None, tuple[str, ...]] | None = None  # (region, path, answers) last handed out
     last_good: Decision | None = None
@@ -85,12 +85,10 @@ def _path_reason(chosen: Candidate) -> str:
         return ""
     if m >= 0:
         return f"{chosen.path} is {m:.1f} ms faster than the other path"
-    return f"{chosen.path} kept: the other path is {-m:.1f} ms faster, under the path margin"
+    return f"{chosen.path} kept: the other path is {-m:.1f} ms faster, within the margin"
 
 
-def _all_down(
-    plan: Plan, now: float, state: PolicyState, candidates: tuple[Candidate, ...]
-) -> tuple[str, tuple[str, ...], str | None, str | None, float | None, str, str]:
+def _all_down(plan: Plan, now: float, state: PolicyState) -> tuple[str, tuple[str, ...], str | None, str | None, float | None, str, str]:
     """(fallback, answers, region, path, rtt_ms, basis, reason) when no candidate is left."""
     if plan.all_down == "last-known-good" and state.last_good is not None:
         g = state.last_good
@@ -105,7 +103,7 @@ def _all_down(
 
 def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL) -> tuple[Decision, PolicyState]:
     """Decide for one (service, group) from its table rows at `now`; returns the decision and the state to pass next time."""
-    cands = build_candidates(rows, plan)
+    cands, provisional = build_candidates(rows, plan)
     ranked, excluded = _run(cands, plan, now, skip_healthy=False)
     fallback = None
     if not ranked and any(c.excluded == healthy.EXCLUDED for c in excluded) and plan.all_down == "fail-open":
@@ -113,38 +111,50 @@ def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL) -> 
         fallback = "fail-open"
         ranked, excluded = _run(cands, plan, now, skip_healthy=True)
     selector = plan.steps[-1]
-    incumbents, streaks, note = state.incumbents, state.streaks, ""
+    incumbents, streak, note = state.incumbents, state.streak, ""
     if ranked and selector.name in HELD_SELECTORS:
-        size = 1 if selector.name == "first" else plan.count
+        # weighted answers every candidate: hysteresis then damps each region's path choice
+        size = {"first": 1, "weighted": len(ranked)}.get(selector.name, plan.count)
 
         def candidate_for(region: str, path: str) -> Candidate:
             answer = next(a for r in plan.regions if r.name == region for p, a in r.paths if p == path)
             return path_candidate(rows, plan, region, path, answer)
 
-        held = hold(ranked, size, plan, now, state.incumbents, state.streaks, state.changed_at, candidate_for)
-        ranked, incumbents, streaks, note = held.ranked, held.incumbents, held.streaks, held.note
+        held = hold(ranked, size, plan, now, state.incumbents, state.streak, state.changed_at, candidate_for)
+        ranked, incumbents, streak, note = held.ranked, held.incumbents, held.streak, held.note
     chosen = STEPS[selector.name].apply(ranked, plan, now) if ranked else []
     if chosen:
         top = chosen[0]
         region, path, rtt_ms = top.region, top.path, top.rtt_ms
         answers = tuple(c.answer for c in chosen)
         basis = "measured" if rtt_ms is not None else "unknown"
+        if provisional:
+            # made on part of the picture: not an incumbent to defend, the next evaluation chooses afresh
+            basis = "provisional"
+            incumbents, streak = (), 0
         parts = [f"{region} via {path}: {_rank_reason(plan, ranked, top)}"]
         if selector.name != "first":
             parts.append(f"{selector.name} selector gives {len(chosen)} answer{'s' if len(chosen) != 1 else ''}")
         if fallback:
             parts.insert(0, "every region is down: fail-open, answering as if all were healthy")
         parts += [p for p in (_path_reason(top), note) if p]
+        if provisional:
+            parts.append("provisional: some healthy paths have no measurement yet")
         down = [c.region for c in excluded if c.excluded == healthy.EXCLUDED]
         if down and not fallback:
             parts.append("down: " + ", ".join(down))
         reason = "; ".join(parts)
         path_margin = top.path_margin_ms
+    elif not any(c.excluded == healthy.EXCLUDED for c in excluded):
+        # no region is allowed at all (a fence or geolocation map without one): no answer, and no all-down behaviour
+        why = sorted({c.excluded for c in excluded if c.excluded})
+        region = path = rtt_ms = path_margin = None
+        answers, basis, incumbents, streak = (), "none", (), 0
+        reason = f"no region is allowed for group {plan.group} ({', '.join(why) or 'no regions'}): no answer"
     else:
-        all_cands = tuple(excluded)
-        fallback, answers, region, path, rtt_ms, basis, reason = _all_down(plan, now, state, all_cands)
+        fallback, answers, region, path, rtt_ms, basis, reason = _all_down(plan, now, state)
         path_margin = None
-        incumbents, streaks = (), ()
+        incumbents, streak = (), 0
     chosen_ids = {(c.region, c.path) for c in chosen}
     rest = [c for c in ranked if (c.region, c.path) not in chosen_ids]
     target = (region, path, answers)
@@ -169,7 +179,7 @@ def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL) -> 
         sticky_pool=tuple(chosen) if selector.name == "sticky" else (),
     )
     good = decision if fallback is None and answers else state.last_good
-    return decision, PolicyState(incumbents, streaks, changed_at, target, good)
+    return decision, PolicyState(incumbents, streak, changed_at, target, good)
 
 
 def rows_for(snapshot: Any, plan: Plan) -> Mapping[tuple[str, str], Any]:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import deque
+from array import array
+from bisect import bisect_left, insort
+from itertools import repeat
+from operator import attrgetter, itemgetter
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from latency_router.probes.base import Sample
-from latency_router.probes.stats import percentile
 
 if TYPE_CHECKING:
     from latency_router.probes.scheduler import Round
@@ -71,8 +73,7 @@ class TableConfig:
         return cls(**kw)
 
 
-@dataclass(frozen=True, slots=True)
-class RowSnapshot:
+class RowSnapshot(NamedTuple):
     """One row as it stood when the snapshot was taken; RTT fields are None until an RTT arrives."""
 
     group: str
@@ -94,6 +95,7 @@ class RowSnapshot:
 
     @property
     def key(self) -> RowKey:
+        """The row's (group, region, path)."""
         return RowKey(self.group, self.region, self.path)
 
     def to_json(self) -> dict[str, Any]:
@@ -117,39 +119,84 @@ class RowSnapshot:
         }
 
 
+_EMPTY_GROUP: Mapping[tuple[str, str], RowSnapshot] = MappingProxyType({})
+
+
+def _index_by_group(
+    rows: Mapping[tuple[str, str, str], RowSnapshot],
+) -> Mapping[str, Mapping[tuple[str, str], RowSnapshot]]:
+    by_group: dict[str, dict[tuple[str, str], RowSnapshot]] = {}
+    for (group, region, path), r in sorted(rows.items()):
+        by_group.setdefault(group, {})[(region, path)] = r
+    return MappingProxyType({g: MappingProxyType(m) for g, m in by_group.items()})
+
+
 @dataclass(frozen=True, slots=True)
 class TableSnapshot:
     """Every row at one instant; read-only, safe to share without locks."""
 
     taken_at: float
     rows: Mapping[tuple[str, str, str], RowSnapshot]
+    # group -> (region, path) -> row, each group's rows in key order; built from `rows` when not given.
+    by_group: Mapping[str, Mapping[tuple[str, str], RowSnapshot]] = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.by_group is None:
+            object.__setattr__(self, "by_group", _index_by_group(self.rows))
 
     def get(self, group: str, region: str, path: str) -> RowSnapshot | None:
         """The row for (group, region, path), or None."""
         return self.rows.get((group, region, path))
 
+    def group_rows(self, group: str) -> Mapping[tuple[str, str], RowSnapshot]:
+        """The rows of one group keyed by (region, path), in key order; empty for an unknown group."""
+        return self.by_group.get(group, _EMPTY_GROUP)
+
     def for_group(self, group: str) -> tuple[RowSnapshot, ...]:
         """The rows of one group, in key order."""
-        return tuple(r for k, r in sorted(self.rows.items()) if k[0] == group)
+        return tuple(self.by_group.get(group, _EMPTY_GROUP).values())
 
     def to_json(self) -> dict[str, Any]:
         """The table as GET /v1/table shows it."""
         return {"rows": [r.to_json() for _, r in sorted(self.rows.items())]}
 
 
+_PercentileIndex = tuple[Callable[[Sequence[float]], tuple[float, ...]], float, float, float]
+
+
+def _percentile_index(n: int) -> _PercentileIndex:
+    """For n ascending values: a getter of (lo, hi) for p50, p95, p99 and the minimum, and the three fractions.
+
+    The ranks and fractions are found exactly as `probes.stats.percentile` finds them.
+    """
+    ranks: list[int] = []
+    fractions: list[float] = []
+    for q in (50, 95, 99):
+        pos = (n - 1) * q / 100.0
+        lo = math.floor(pos)
+        ranks += (lo, min(lo + 1, n - 1))
+        fractions.append(pos - lo)
+    return itemgetter(*ranks, 0), fractions[0], fractions[1], fractions[2]
+
+
 class _Row:
     """Mutable per-row state; only the table touches it."""
 
     __slots__ = (
-        "key", "rtts", "outcomes", "lost_in_window", "w_sum", "w_total", "ewma_at", "jitter", "last_rtt",
-        "samples", "lost", "updated_at", "state", "fail_run", "good_run", "version", "cache",
+        "key", "place", "group", "window", "next_out", "ordered", "loss_bits", "w_sum", "w_total", "ewma_at",
+        "jitter", "last_rtt", "samples", "lost", "updated_at", "state", "fail_run", "good_run", "snap",
     )
 
-    def __init__(self, key: RowKey, window: int) -> None:
+    def __init__(self, key: RowKey, group: "_Group") -> None:
         self.key = key
-        self.rtts: deque[float] = deque(maxlen=window)
-        self.outcomes: deque[int] = deque(maxlen=window)  # 1 for a lost sample, 0 for an RTT
-        self.lost_in_window = 0
+        self.place = (key.region, key.path)
+        self.group = group
+        # The last window_samples RTTs in arrival order (a ring once full, next_out the oldest) and the same, sorted;
+        # arrays of doubles keep a row's values together in memory, which the snapshot reads faster than floats.
+        self.window = array("d")
+        self.next_out = 0
+        self.ordered = array("d")
+        self.loss_bits = 0  # bit i set: the i-th latest sample was lost (i < window_samples)
         # The EWMA is a decayed weighted mean sum(w*x)/sum(w): samples at the same instant weigh alike,
         # and with regular spacing dt it equals the classic EWMA with alpha = 1 - exp(-dt/tau).
         self.w_sum = 0.0
@@ -163,8 +210,33 @@ class _Row:
         self.state = HealthState.UNKNOWN
         self.fail_run = 0
         self.good_run = 0
-        self.version = 0
-        self.cache: tuple[int, bool, RowSnapshot] | None = None
+        self.snap: RowSnapshot | None = None  # None: changed since the last snapshot, and listed in group.dirty
+
+
+class _Group:
+    """Mutable per-group state: its rows and the mapping last published for it."""
+
+    __slots__ = ("rows", "places", "dirty", "reshaped", "mapping", "view", "fresh_bound", "stale_bound")
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], _Row] = {}  # by (region, path), in key order after each snapshot
+        self.places: tuple[tuple[str, str], ...] = ()
+        self.dirty: list[_Row] = []  # rows changed since the last snapshot
+        self.reshaped = False  # rows were added since the last snapshot
+        self.mapping: dict[tuple[str, str], RowSnapshot] = {}
+        self.view: Mapping[tuple[str, str], RowSnapshot] = _EMPTY_GROUP
+        # Staleness only grows with age, so a row's can flip only once now passes one of these: no fresh row
+        # was updated before fresh_bound, and no stale one after stale_bound.
+        self.fresh_bound: float | None = None
+        self.stale_bound: float | None = None
+
+
+_new_tuple = tuple.__new__
+_updated_at = attrgetter("updated_at")
+_key_of = attrgetter("key")
+_place_of = attrgetter("place")
+_snap_of = attrgetter("snap")
+_HEALTH = RowSnapshot._fields.index("health")
 
 
 class LatencyTable:
@@ -173,14 +245,28 @@ class LatencyTable:
     def __init__(self, config: TableConfig | None = None) -> None:
         self.config = config or TableConfig()
         self._rows: dict[RowKey, _Row] = {}
+        self._groups: dict[str, _Group] = {}
         self._stale_after_s = self.config.stale_after_intervals * self.config.interval_s
+        self._window = self.config.window_samples
+        self._loss_mask = (1 << self._window) - 1
+        self._pct_index: dict[int, _PercentileIndex] = {}
+        self._new_keys: list[RowKey] = []
+        self._flat: dict[tuple[str, str, str], RowSnapshot] = {}
+        self._index: dict[str, Mapping[tuple[str, str], RowSnapshot]] = {}
         self._last: TableSnapshot | None = None
-        self._last_parts: tuple[tuple[int, bool], ...] = ()
 
     def _row(self, key: tuple[str, str, str]) -> _Row:
         row = self._rows.get(key)  # type: ignore[call-overload]
         if row is None:
-            row = self._rows[RowKey(*key)] = _Row(RowKey(*key), self.config.window_samples)
+            key = RowKey(*key)
+            group = self._groups.get(key.group)
+            if group is None:
+                group = self._groups[key.group] = _Group()
+            row = self._rows[key] = _Row(key, group)
+            group.rows[row.place] = row
+            group.dirty.append(row)
+            group.reshaped = True
+            self._new_keys.append(key)
         return row
 
     def ensure(self, key: tuple[str, str, str]) -> None:
@@ -192,20 +278,30 @@ class LatencyTable:
         row = self._rows.get(key)  # type: ignore[call-overload]
         if row is None:
             row = self._row(key)
-        outcomes = row.outcomes
-        if len(outcomes) == outcomes.maxlen:
-            row.lost_in_window -= outcomes[0]
+        elif row.snap is not None:
+            row.snap = None
+            row.group.dirty.append(row)
         row.samples += 1
         row.updated_at = now
-        row.version += 1
         rtt = sample.rtt_ms
         if rtt is None:
-            outcomes.append(1)
-            row.lost_in_window += 1
+            row.loss_bits = ((row.loss_bits << 1) | 1) & self._loss_mask
             row.lost += 1
             return
-        outcomes.append(0)
-        row.rtts.append(rtt)
+        if row.loss_bits:
+            row.loss_bits = (row.loss_bits << 1) & self._loss_mask
+        window = row.window
+        ordered = row.ordered
+        if len(window) < self._window:
+            window.append(rtt)
+        else:
+            # Equal values keep arrival order in `ordered`, so the leftmost equal one is the one leaving.
+            out = row.next_out
+            del ordered[bisect_left(ordered, window[out])]
+            window[out] = rtt
+            out += 1
+            row.next_out = 0 if out == self._window else out
+        insort(ordered, rtt)
         dt = now - row.ewma_at
         if row.w_total and dt > 0:
             decay = math.exp(-dt / self.config.ewma_tau_s)
@@ -225,9 +321,11 @@ class LatencyTable:
     def add_round(self, key: tuple[str, str, str], round_loss_ratio: float, now: float) -> None:
         """Step the row's health machine by one round: it fails when its loss ratio reaches loss_threshold."""
         row = self._row(key)
+        if row.snap is not None:
+            row.snap = None
+            row.group.dirty.append(row)
         cfg = self.config
         row.updated_at = now
-        row.version += 1
         if round_loss_ratio >= cfg.loss_threshold:
             row.fail_run += 1
             row.good_run = 0
@@ -248,53 +346,156 @@ class LatencyTable:
             self.add_sample(key, s, now)
         self.add_round(key, rnd.loss_ratio, now)
 
-    def _is_stale(self, row: _Row, now: float) -> bool:
-        return row.updated_at is not None and now - row.updated_at > self._stale_after_s
-
-    def _build(self, row: _Row, stale: bool) -> RowSnapshot:
-        cfg = self.config
-        health = HealthState.STALE if stale else row.state
-        if health is HealthState.UNKNOWN:
-            healthy = cfg.unknown_healthy
-        else:
-            healthy = health is HealthState.UP
-        ordered = sorted(row.rtts)
-        have = bool(ordered)
-        return RowSnapshot(
-            group=row.key.group,
-            region=row.key.region,
-            path=row.key.path,
-            ewma_ms=row.w_sum / row.w_total if row.w_total else None,
-            p50_ms=percentile(ordered, 50) if have else None,
-            p95_ms=percentile(ordered, 95) if have else None,
-            p99_ms=percentile(ordered, 99) if have else None,
-            min_ms=ordered[0] if have else None,
-            jitter_ms=row.jitter,
-            loss=row.lost_in_window / len(row.outcomes) if row.outcomes else None,
-            samples=row.samples,
-            lost=row.lost,
-            healthy=healthy,
-            health=health,
-            basis="measured",
-            updated_at=row.updated_at,
-        )
-
     def snapshot(self, now: float) -> TableSnapshot:
-        """An immutable view of every row at `now`; rows unchanged since the last call are reused, not rebuilt."""
-        parts = []
-        built: dict[tuple[str, str, str], RowSnapshot] = {}
-        for key, row in self._rows.items():
-            stale = self._is_stale(row, now)
-            cache = row.cache
-            if cache is None or cache[0] != row.version or cache[1] != stale:
-                cache = row.cache = (row.version, stale, self._build(row, stale))
-            built[key] = cache[2]
-            parts.append((row.version, stale))
-        signature = tuple(parts)
-        if self._last is not None and signature == self._last_parts:
-            rows = self._last.rows  # nothing changed: share the read-only mapping
-        else:
-            rows = MappingProxyType(built)
-        self._last = TableSnapshot(taken_at=now, rows=rows)
-        self._last_parts = signature
+        """An immutable view of every row at `now`; rows and groups unchanged since the last call are reused."""
+        stale_after_s = self._stale_after_s
+        updates: list[tuple[list[_Row], list[RowSnapshot]]] = []
+        views: list[tuple[str, Mapping[tuple[str, str], RowSnapshot]]] = []
+        for name, group in self._groups.items():
+            fresh_bound = group.fresh_bound
+            stale_bound = group.stale_bound
+            timely = (fresh_bound is None or not now - fresh_bound > stale_after_s) and (
+                stale_bound is None or now - stale_bound > stale_after_s
+            )
+            if timely and not group.dirty:
+                continue
+            built, snaps = self._refresh(group, now, timely)
+            if built:
+                updates.append((built, snaps))
+                views.append((name, group.view))
+        last = self._last
+        if last is not None and not updates:
+            self._last = TableSnapshot(taken_at=now, rows=last.rows, by_group=last.by_group)
+            return self._last
+        flat = self._flat.copy()
+        if self._new_keys:
+            flat.update(dict.fromkeys(self._new_keys))  # placeholders keep the rows in the order they were added
+            self._new_keys = []
+        for built, snaps in updates:
+            flat.update(zip(map(_key_of, built), snaps))
+        index = self._index.copy()
+        index.update(views)
+        self._flat = flat
+        self._index = index
+        self._last = TableSnapshot(taken_at=now, rows=MappingProxyType(flat), by_group=MappingProxyType(index))
         return self._last
+
+    def _refresh(self, group: _Group, now: float, timely: bool) -> tuple[list[_Row], list[RowSnapshot]]:
+        """Rebuild the group's changed row snapshots and its view; returns the rows rebuilt and their snapshots.
+
+        `timely`: no row's staleness can have flipped since the last snapshot, so only the dirty rows need a look.
+        """
+        stale_after_s = self._stale_after_s
+        reshaped = group.reshaped
+        full = not timely or reshaped
+        if reshaped:
+            group.rows = dict(sorted(group.rows.items()))
+            group.places = tuple(group.rows)
+            group.reshaped = False
+        every = len(group.dirty) == len(group.rows)
+        rows = list(group.rows.values()) if full or every else group.dirty
+        group.dirty = []
+        seen = list(map(_updated_at, rows))
+        stales: Iterable[bool]
+        # Usually every row looked at is fresh (or every one stale): decide that once, with min and max in C.
+        if None not in seen and not now - min(seen) > stale_after_s:
+            stales = repeat(False)
+            fresh_bound, stale_bound = min(seen), None
+        elif None not in seen and now - max(seen) > stale_after_s:
+            stales = repeat(True)
+            fresh_bound, stale_bound = None, max(seen)
+        else:
+            stales = [u is not None and now - u > stale_after_s for u in seen]
+            fresh = [u for u, stale in zip(seen, stales) if u is not None and not stale]
+            old = [u for u, stale in zip(seen, stales) if stale]
+            fresh_bound = min(fresh) if fresh else None
+            stale_bound = max(old) if old else None
+        if not full:
+            # Only some rows were looked at: widen the bounds, never narrow them.
+            if group.fresh_bound is not None and (fresh_bound is None or group.fresh_bound < fresh_bound):
+                fresh_bound = group.fresh_bound
+            if group.stale_bound is not None and (stale_bound is None or group.stale_bound > stale_bound):
+                stale_bound = group.stale_bound
+        group.fresh_bound = fresh_bound
+        group.stale_bound = stale_bound
+        if full:
+            # Rows whose data and staleness are both unchanged keep their snapshot.
+            health = _HEALTH
+            stale_state = HealthState.STALE
+            pairs = [
+                (row, stale)
+                for row, stale in zip(rows, stales)
+                if row.snap is None or (row.snap[health] is stale_state) is not stale
+            ]
+            if len(pairs) < len(rows):
+                every = False
+                rows = [row for row, _ in pairs]
+                stales = [stale for _, stale in pairs]
+        if not rows:
+            return rows, []
+        snaps = self._build(rows, stales)
+        if every:
+            mapping = dict(zip(group.places, snaps))
+        elif reshaped:
+            mapping = dict(zip(group.places, map(_snap_of, group.rows.values())))  # new rows take their place in order
+        else:
+            mapping = group.mapping.copy()
+            mapping.update(zip(map(_place_of, rows), snaps))
+        group.mapping = mapping
+        group.view = MappingProxyType(mapping)
+        return rows, snaps
+
+    def _build(self, rows: list[_Row], stales: Iterable[bool]) -> list[RowSnapshot]:
+        """Fresh snapshots of the rows (and store each in its row); stales says which rows are stale."""
+        unknown_healthy = self.config.unknown_healthy
+        window = self._window
+        pct_index = self._pct_index
+        new, row_snapshot = _new_tuple, RowSnapshot
+        up, unknown, stale_state = HealthState.UP, HealthState.UNKNOWN, HealthState.STALE
+        snaps: list[RowSnapshot] = []
+        append = snaps.append
+        # One pass, everything inline: this loop runs once per changed row of the whole table.
+        for row, stale in zip(rows, stales):
+            if stale:
+                health = stale_state
+                healthy = False
+            else:
+                health = row.state
+                healthy = health is up or (health is unknown and unknown_healthy)
+            ordered = row.ordered
+            if ordered:
+                n = len(ordered)
+                try:
+                    pick, f50, f95, f99 = pct_index[n]
+                except KeyError:
+                    pick, f50, f95, f99 = pct_index[n] = _percentile_index(n)
+                a50, b50, a95, b95, a99, b99, low = pick(ordered)
+                # The interpolation and clamp of probes.stats.percentile, step for step, so values are equal.
+                p50 = a50 + (b50 - a50) * f50
+                if p50 < a50:
+                    p50 = a50
+                elif p50 > b50:
+                    p50 = b50
+                p95 = a95 + (b95 - a95) * f95
+                if p95 < a95:
+                    p95 = a95
+                elif p95 > b95:
+                    p95 = b95
+                p99 = a99 + (b99 - a99) * f99
+                if p99 < a99:
+                    p99 = a99
+                elif p99 > b99:
+                    p99 = b99
+            else:
+                p50 = p95 = p99 = low = None
+            samples = row.samples
+            w_total = row.w_total
+            snap = row.snap = new(row_snapshot, row.key + (
+                row.w_sum / w_total if w_total else None,
+                p50, p95, p99, low,
+                row.jitter,
+                row.loss_bits.bit_count() / (samples if samples < window else window) if samples else None,
+                samples, row.lost, healthy, health, "measured", row.updated_at,
+            ))
+            append(snap)
+        return snaps
