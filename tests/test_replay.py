@@ -110,15 +110,17 @@ SCRIPT = [
 #          optimal (<= max(1, 2 %)): g1 s0 s1, g2 s0 s3, g3 s0 = 5 of 12; regrets sorted 0 0 0 0 0 2 2 5 5 10
 #          flips: g1 s2 s3, g2 s1 (None is no flip either way), g3 s1 s2 s3 = 6; at t=4 (inside the outage window): g1, g3
 #   nearest: g1 -> A/direct, g2 -> B/direct, g3 has no lat/lon: 8 points, g1 s3 dead, all others regret 0
+#   against the best direct path (g1 10, 10, 10, 30; g2 20; g3 95): api g1 s0 s1 s3, g2 s0 s3, g3 s0 s1 = 7 of 12;
+#          nearest g1 s0 s1 s2, g2 s0..s3 = 7 of 8
 #   round-robin: g1 A B A B, g2 B A B A, g3 A B A B (direct): regrets g1 0 20 0 5, g2 0 30 0 dead, g3 10 5 10 0
 EXPECTED = {
     "api": dict(
         points=12, optimal_pct=100 * 5 / 12, within_5ms_pct=75.0, within_10ms_pct=100 * 10 / 12, within_20ms_pct=100 * 10 / 12,
-        dead_choices=1, no_answer=1, regret_ms={"mean": 2.4, "p50": 1.0, "p95": 7.75, "p99": 9.55},
+        optimal_pct_vs_best_direct=100 * 7 / 12, dead_choices=1, no_answer=1, regret_ms={"mean": 2.4, "p50": 1.0, "p95": 7.75, "p99": 9.55},
         flips=6, flips_per_group_hour=6 / (3 * 4 / 3600), flips_per_group_hour_outside_events=4 / (3 * 3 / 3600),
     ),
     "nearest": dict(
-        points=8, optimal_pct=87.5, within_5ms_pct=87.5, dead_choices=1, no_answer=0, flips=0,
+        points=8, optimal_pct=87.5, optimal_pct_vs_best_direct=87.5, within_5ms_pct=87.5, dead_choices=1, no_answer=0, flips=0,
         regret_ms={"mean": 0.0, "p50": 0.0, "p95": 0.0, "p99": 0.0}, not_covered=["g3"], groups=2,
     ),
     "round-robin": dict(

@@ -43,9 +43,9 @@ def build_candidates(rows: Rows, plan: Plan) -> tuple[list[Candidate], bool]:
     append = out.append
     missing = False
     for region in plan.regions:
-        name, paths = region.name, region.paths
-        path, answer = paths[0]
-        row = get((name, path))
+        name = region.name
+        path, answer = region.paths[0]
+        row = get(region.primary_key)
         if row is None:
             rtt, health, ok = None, "none", True
         else:
@@ -53,8 +53,8 @@ def build_candidates(rows: Rows, plan: Plan) -> tuple[list[Candidate], bool]:
             if rtt is None and ok and row.samples:
                 missing = True
         best = None
-        for other_path, other_answer in paths[1:]:
-            other = get((name, other_path))
+        for other_path, other_answer, other_key in region.others:
+            other = get(other_key)
             if other is None or not other.healthy:
                 continue
             value = metric(other)
@@ -67,7 +67,7 @@ def build_candidates(rows: Rows, plan: Plan) -> tuple[list[Candidate], bool]:
             continue
         value, other_path, other_answer, other_health = best
         # the primary stays unless it is down or the other path leads by max(margin, ratio x primary)
-        if ok and rtt is not None and rtt - value < max(margin_ms, ratio * rtt):
+        if ok and rtt is not None and rtt - value < (margin_ms if margin_ms > ratio * rtt else ratio * rtt):
             append(_new(Candidate, (name, path, answer, rtt, health, ok, 0, value - rtt, None)))
         else:
             margin = None if rtt is None else rtt - value

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 WEIGHT_SCALE = 255  # DNS weights (Route 53, LUA pickwrandom) run from 0 to 255
@@ -42,8 +41,7 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """For one (service, group): where clients go, over which path, why, and what else was considered."""
 
     service: str
@@ -82,8 +80,7 @@ class Decision:
         if chosen.region == self.region and chosen.path == self.path:
             return self
         others = tuple(c.answer for c in self.sticky_pool if c is not chosen)
-        return replace(
-            self,
+        return self._replace(
             region=chosen.region,
             path=chosen.path,
             answers=(chosen.answer, *others),

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from latency_router.decider.decision import WEIGHT_SCALE, Decision, share_weights
 from latency_router.decider.plan import Plan, compile_plan
+from latency_router.gcpause import gc_paused
 from latency_router.decider.policy import INITIAL, PolicyState, decide, rows_for
 
 if TYPE_CHECKING:
@@ -42,9 +43,10 @@ class Decider:
         """One evaluation of every (service, group); returns (and keeps) the read-only map of decisions."""
         states = self._states
         out: dict[Key, Decision] = {}
-        for key, plan in self.plans.items():
-            decision, states[key] = decide(rows_for(snapshot, plan), plan, now, states.get(key, INITIAL))
-            out[key] = decision
+        with gc_paused():
+            for key, plan in self.plans.items():
+                decision, states[key] = decide(rows_for(snapshot, plan), plan, now, states.get(key, INITIAL))
+                out[key] = decision
         self._decisions = MappingProxyType(out)
         return self._decisions
 

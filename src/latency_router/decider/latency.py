@@ -1,4 +1,4 @@
-"""Sorter `latency`: fastest first by the service's metric (EWMA by default); no data last; ties by region order."""
+"""Sorter `latency`: fastest first by the service's metric (EWMA by default); no data last; ties keep their order."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from latency_router.decider.decision import Candidate
 from latency_router.decider.plan import Plan
 
 
+def _rtt(c: Candidate) -> float:
+    return math.inf if c.rtt_ms is None else c.rtt_ms
+
+
 def apply(candidates: list[Candidate], plan: Plan, now: float) -> list[Candidate]:
-    """The candidates ordered by RTT."""
-    order = plan.order
-    inf = math.inf
-    return sorted(candidates, key=lambda c: (inf if c.rtt_ms is None else c.rtt_ms, order[c.region]))
+    """The candidates ordered by RTT; the sort is stable, so ties keep the order they came in (the service's)."""
+    return sorted(candidates, key=_rtt)

@@ -23,6 +23,12 @@ class RegionPlan:
 
     name: str
     paths: tuple[tuple[str, str], ...]
+    primary_key: tuple[str, str] = ("", "")  # (region, primary path): the row key, built once
+    others: tuple[tuple[str, str, tuple[str, str]], ...] = ()  # (path, answer, row key) of the other paths
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "primary_key", (self.name, self.paths[0][0]))
+        object.__setattr__(self, "others", tuple((p, a, (self.name, p)) for p, a in self.paths[1:]))
 
 
 @dataclass(frozen=True, slots=True)

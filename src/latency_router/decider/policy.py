@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+import functools
+from typing import Any, Callable, Mapping, NamedTuple
 
 from latency_router.decider import fence, first, geolocation, healthy, latency, multivalue, priority, proximity, sticky, weighted
 from latency_router.decider.candidates import Rows, build_candidates, path_candidate
 from latency_router.decider.decision import Candidate, Decision
 from latency_router.decider.hysteresis import Target, hold
 from latency_router.decider.plan import Plan
-from latency_router.decider.steps import FILTERS, SORTERS
+from latency_router.decider.steps import FILTERS, SORTERS, Step
 
 StepFn = Callable[[list[Candidate], Plan, float], list[Candidate]]
 # the one map from step name to its code; the names themselves live in steps.py
@@ -29,8 +29,7 @@ STEPS: dict[str, Any] = {
 HELD_SELECTORS = ("first", "multivalue", "sticky", "weighted")
 
 
-@dataclass(frozen=True, slots=True)
-class PolicyState:
+class PolicyState(NamedTuple):
     """What a policy remembers between evaluations: incumbents, challenger streaks, the last change, the last good decision."""
 
     incumbents: tuple[Target, ...] = ()
@@ -43,18 +42,25 @@ class PolicyState:
 INITIAL = PolicyState()
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(steps: tuple[Step, ...]) -> tuple[tuple[str, StepFn, str | None], ...]:
+    """The chain's filters and sorter as (name, apply, label of what a filter drops), looked up once per chain."""
+    return tuple(
+        (s.name, STEPS[s.name].apply, STEPS[s.name].EXCLUDED if s.name in FILTERS else None) for s in steps[:-1]
+    )
+
+
 def _run(cands: list[Candidate], plan: Plan, now: float, skip_healthy: bool) -> tuple[list[Candidate], list[Candidate]]:
     """Run the filters and the sorter; return (ranked, excluded with their reasons)."""
     excluded: list[Candidate] = []
     current = cands
-    for step in plan.steps[:-1]:
-        if skip_healthy and step.name == "healthy":
+    for name, apply, label in _compiled(plan.steps):
+        if skip_healthy and name == "healthy":
             continue
-        module = STEPS[step.name]
-        kept = module.apply(current, plan, now)
-        if step.name in FILTERS and len(kept) < len(current):
+        kept = apply(current, plan, now)
+        if label is not None and len(kept) < len(current):
             ids = {id(c) for c in kept}
-            excluded += [c._replace(excluded=module.EXCLUDED) for c in current if id(c) not in ids]
+            excluded += [c._replace(excluded=label) for c in current if id(c) not in ids]
         current = kept
     return current, excluded
 
@@ -64,10 +70,10 @@ def _rank_reason(plan: Plan, ranked: list[Candidate], chosen: Candidate) -> str:
     if sorter == "latency":
         if chosen.rtt_ms is None:
             return "no measurements yet: first in the service's order"
-        rest = [c for c in ranked if c.region != chosen.region and c.rtt_ms is not None]
-        if not rest:
+        # ranked is in RTT order (held incumbents aside): the next measured region is the runner-up
+        nxt = next((c for c in ranked if c.region != chosen.region and c.rtt_ms is not None), None)
+        if nxt is None:
             return f"the only candidate left ({chosen.rtt_ms:.1f} ms)"
-        nxt = min(rest, key=lambda c: c.rtt_ms)  # type: ignore[arg-type,return-value]
         return f"{chosen.rtt_ms:.1f} ms, next {nxt.region} at {nxt.rtt_ms:.1f} ms"
     if sorter == "priority":
         return f"priority {plan.priority_rank.get(chosen.region, len(plan.order)) + 1} of the candidates left"
@@ -155,8 +161,11 @@ def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL) -> 
         fallback, answers, region, path, rtt_ms, basis, reason = _all_down(plan, now, state)
         path_margin = None
         incumbents, streak = (), 0
-    chosen_ids = {(c.region, c.path) for c in chosen}
-    rest = [c for c in ranked if (c.region, c.path) not in chosen_ids]
+    if selector.name == "first" and chosen:
+        rest = ranked[1:]  # first takes ranked[0]
+    else:
+        chosen_regions = {c.region for c in chosen}
+        rest = [c for c in ranked if c.region not in chosen_regions]
     target = (region, path, answers)
     changed = state.last != target
     changed_at = now if changed or state.changed_at is None else state.changed_at

@@ -21,6 +21,8 @@ DEFINITIONS = {
     "regions x paths at that step (truth_ms of the rows of the step the decision was evaluated at the end of)",
     "points": "(group, evaluation) pairs where at least one of the policy's (region, path) had a truth; others are not scored",
     "optimal_pct": "share of points with regret <= max(1 ms, 2 % of the optimal truth)",
+    "optimal_pct_vs_best_direct": "the same, against the best direct path only (the optimum without accelerators): how "
+    "a region choice fares where the accelerator is not an option; the data set's own README quotes this kind of figure",
     "within_Xms_pct": "share of points with regret <= X ms",
     "dead_choices": "points where the chosen (region, path) had no truth at that step (it was down); they count as "
     "neither optimal nor within any bound and are left out of the regret percentiles",
@@ -117,6 +119,7 @@ class PolicyScore:
         self.choices: list[tuple[Choice, ...]] = []
         self.optimal_keys: list[tuple[Choice, ...]] = []  # per evaluation, per group: the optimal (region, path)
         self.points = self.optimal = self.dead = self.no_answer = 0
+        self.direct_points = self.optimal_vs_direct = 0
         self.within = [0] * len(WITHIN_MS)
         self.regrets_ms: list[float] = []
         self.flip_times: list[float] = []
@@ -131,6 +134,7 @@ class PolicyScore:
         optima: Sequence[tuple[float, Choice] | None],
         truth: Mapping[Key, float | None],
         provisional: Sequence[bool] = (),
+        direct_optima: Sequence[tuple[float, Choice] | None] = (),
     ) -> None:
         """Score one evaluation: choices and optima per group (optimum None where the group has no truth)."""
         previous = self.choices[-1] if self.choices else None
@@ -149,6 +153,12 @@ class PolicyScore:
             if best is None:
                 continue
             self.points += 1
+            best_direct = direct_optima[gi] if direct_optima else None
+            if best_direct is not None:
+                self.direct_points += 1
+                chosen_ms = truth.get((self.groups[gi], choice[0], choice[1])) if choice is not None else None
+                if chosen_ms is not None and chosen_ms - best_direct[0] <= max(OPTIMAL_FLOOR_MS, OPTIMAL_RATIO * best_direct[0]):
+                    self.optimal_vs_direct += 1
             if choice is None:
                 self.no_answer += 1
                 continue
@@ -218,6 +228,7 @@ class PolicyScore:
             out.update(
                 points=self.points,
                 optimal_pct=self._pct(self.optimal),
+                optimal_pct_vs_best_direct=100.0 * self.optimal_vs_direct / self.direct_points if self.direct_points else None,
                 **{f"within_{int(b)}ms_pct": self._pct(n) for b, n in zip(WITHIN_MS, self.within)},
                 regret_ms=regret_summary(self.regrets_ms),
                 dead_choices=self.dead,

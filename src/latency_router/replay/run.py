@@ -152,7 +152,7 @@ def replay(
     ref = reference_service(config)
     services, baselines, notes = _policies(config, ref, settings)
     decider = (decider_factory or _real_decider)(config, services)
-    scores, keys_by_set = _scores(config, ref, services, baselines, group_names, region_paths)
+    scores, keys_by_set, direct_keys_by_set = _scores(config, ref, services, baselines, group_names, region_paths)
     service_scores = scores[: len(services)]
     baseline_scores = scores[len(services):]
 
@@ -203,12 +203,14 @@ def replay(
                 path = getattr(d, "path", None)
                 choices.append((region, path) if region is not None and path is not None else None)
                 provisional.append(getattr(d, "basis", None) == "provisional")
-            score.record(now, choices, truth.optima(set_id, keys_by_set[set_id]), truth.truth, provisional)
+            direct = truth.optima(-1 - set_id, direct_keys_by_set[set_id])
+            score.record(now, choices, truth.optima(set_id, keys_by_set[set_id]), truth.truth, provisional, direct)
             if writer is not None:
                 rows.extend(_rows(t_text, score.name, group_names, choices))
         for (score, set_id), b in zip(baseline_scores, baselines):
             choices_b = b.choose(snapshot, now)
-            score.record(now, choices_b, truth.optima(set_id, keys_by_set[set_id]), truth.truth)
+            direct = truth.optima(-1 - set_id, direct_keys_by_set[set_id])
+            score.record(now, choices_b, truth.optima(set_id, keys_by_set[set_id]), truth.truth, (), direct)
             if writer is not None:
                 rows.extend(_rows(t_text, score.name, group_names, choices_b))
         if writer is not None:
@@ -343,16 +345,19 @@ def _scores(
     baselines: Sequence[Baseline],
     group_names: Sequence[str],
     region_paths: Mapping[str, Sequence[str]],
-) -> tuple[list[tuple[PolicyScore, int]], list[list[list[Key]]]]:
-    """A PolicyScore per policy with the id of its candidate set, and each set's keys per group (regret's optimum runs over them)."""
+) -> tuple[list[tuple[PolicyScore, int]], list[list[list[Key]]], list[list[list[Key]]]]:
+    """A PolicyScore per policy with the id of its candidate set, and each set's keys per group (regret's optimum runs
+    over them), all paths and direct paths only."""
     set_ids: dict[tuple[str, ...], int] = {}
     keys_by_set: list[list[list[Key]]] = []
+    direct_keys_by_set: list[list[list[Key]]] = []
 
     def candidate_set(regions: Sequence[str]) -> tuple[int, list[tuple[str, str]]]:
         cands = [(r, p) for r in regions for p in region_paths[r]]
         set_id = set_ids.setdefault(tuple(regions), len(set_ids))
         if set_id == len(keys_by_set):
             keys_by_set.append([[(g, r, p) for r, p in cands] for g in group_names])
+            direct_keys_by_set.append([[(g, r, p) for r, p in cands if p == "direct"] for g in group_names])
         return set_id, cands
 
     scores: list[tuple[PolicyScore, int]] = []
@@ -368,7 +373,7 @@ def _scores(
         if not all(b.covered):
             score.extra["not_covered"] = [g for g, c in zip(group_names, b.covered) if not c]
         scores.append((score, ref_set))
-    return scores, keys_by_set
+    return scores, keys_by_set, direct_keys_by_set
 
 
 def _time_text(t: float) -> str:
