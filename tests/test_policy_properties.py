@@ -259,3 +259,47 @@ def test_the_property_tables_cover_both_paths_of_every_region(n):
     assert [r.name for r in plan.regions] == list(NAMES[:n])
     assert all([p for p, _ in r.paths] == list(PATHS) for r in plan.regions)
     assert (plan.margin_ms, plan.margin_ratio, plan.path_margin_ms, plan.path_margin_ratio) == (2.0, 0.03, 1.0, 0.02)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sets(st.sampled_from(("g1", "g2", "g3"))),  # the groups that get new samples this step
+            st.floats(min_value=0.5, max_value=3.0),  # time to the next step
+            st.lists(st.one_of(st.none(), st.floats(min_value=5.0, max_value=200.0)), min_size=6, max_size=6),
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_the_decider_reusing_unchanged_groups_decides_as_decide_would_every_time(steps):
+    from latency_router.decider.engine import Decider
+    from latency_router.decider.policy import rows_for
+    from latency_router.decider.table import LatencyTable, TableConfig
+    from latency_router.probes.base import LossReason, Sample
+
+    regions = "".join(
+        f'[[regions]]\nname = "{r}"\nlat = {LOCATIONS[i][0]}\nlon = {LOCATIONS[i][1]}\n'
+        + "".join(f'[[regions.paths]]\nname = "{p}"\nprobe = "udp://{answer(i, p)}:7007"\nanswer = "{answer(i, p)}"\n' for p in PATHS)
+        for i, r in enumerate(NAMES[:3])
+    )
+    groups = "".join(f'[[groups]]\nname = "{g}"\n' for g in ("g1", "g2", "g3"))
+    config = parse_config(regions + groups + '[[services]]\nname = "s"\npolicy = "latency"\n[services.hysteresis]\ndwell = "2s"\n')
+    table = LatencyTable(TableConfig.from_settings(config.probing, config.health))
+    decider = Decider(config)
+    reference = {key: INITIAL for key in decider.plans}
+    now = 0.0
+    for updated, dt, rtts in steps:
+        for g in sorted(updated):
+            for i, (r, p) in enumerate((r, p) for r in NAMES[:3] for p in PATHS):
+                rtt = rtts[i]
+                sample = Sample.lost("t", "udp", now, LossReason.TIMEOUT) if rtt is None else Sample(target="t", kind="udp", sent_at=now, rtt_ms=rtt)
+                table.add_sample((g, r, p), sample, now)
+                table.add_round((g, r, p), 1.0 if rtt is None else 0.0, now)
+        snapshot = table.snapshot(now)
+        got = decider.evaluate(snapshot, now)
+        for key, plan in decider.plans.items():
+            want, reference[key] = decide(rows_for(snapshot, plan), plan, now, reference[key])
+            assert got[key] == want, (key, [(f, a, b) for f, a, b in zip(want._fields, got[key], want) if a != b])
+        now += dt

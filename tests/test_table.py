@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latency_router.decider import HealthState, LatencyTable, RowKey, TableConfig
+from latency_router.decider import HealthState, LatencyTable, RowKey, TableConfig, TableSnapshot
 from latency_router.probes.base import LossReason, Sample
 from latency_router.probes.scheduler import Round
+from latency_router.probes.stats import percentile
 
 E1 = math.exp(-1)
 E01 = math.exp(-0.1)
@@ -77,6 +78,7 @@ def test_ewma_step_converges_like_classic_alpha():
         pytest.param([float(i) for i in range(1, 101)], 256, 50.5, 95.05, 99.01, 1.0, id="one-to-hundred"),
         pytest.param([1.0, 100.0, 7.0, 8.0, 9.0], 3, 8.0, 8.9, 8.98, 7.0, id="window-drops-old-min"),
         pytest.param([3.0, 1.0, 2.0], 256, 2.0, 2.9, 2.98, 1.0, id="unordered-input"),
+        pytest.param([1.7e308, -1.7e308], 256, 1.7e308, 1.7e308, 1.7e308, -1.7e308, id="overflow-clamped-to-neighbour"),
     ],
 )
 def test_percentiles_and_min(rtts, window, p50, p95, p99, minimum):
@@ -119,6 +121,7 @@ def test_jitter_rfc3550(rtts, expected):
         pytest.param([None, None, None], 256, 1.0, 3, 3, id="all-lost"),
         pytest.param([None, None, 10.0, 10.0], 2, 0.0, 4, 2, id="window-forgets-old-loss"),
         pytest.param([10.0, 10.0, None, 10.0], 2, 0.5, 4, 1, id="window-of-two"),
+        pytest.param([None, None, None], 2, 1.0, 3, 3, id="window-of-two-all-lost"),
     ],
 )
 def test_loss_ratio(rtts, window, loss, samples, lost_total):
@@ -276,3 +279,156 @@ def test_property_snapshot_unchanged_by_later_updates(first, later, rounds):
     table.snapshot(now + 2)
     assert snap.to_json() == frozen
     assert snap.taken_at == now
+
+
+# Repeated values, of either sign of zero, check that the sorted window holds exactly what sorted() gives.
+window_rtt = st.one_of(
+    st.none(),
+    st.floats(min_value=0.01, max_value=10_000, allow_nan=False),
+    st.sampled_from([0.0, -0.0, 1.0, 2.5, 2.5000000000000004]),
+)
+
+
+def same_float(a: float | None, b: float | None) -> bool:
+    return a == b and (a is None or math.copysign(1.0, a) == math.copysign(1.0, b))
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(window_rtt, st.booleans()), min_size=1, max_size=80), window=st.integers(1, 12))
+def test_property_window_figures_equal_sorted_window(steps, window):
+    table = LatencyTable(TableConfig(window_samples=window, stale_after_intervals=1e9))
+    seen: list[float] = []
+    outcomes: list[bool] = []
+    for i, (rtt, look) in enumerate(steps):
+        table.add_sample(KEY, lost() if rtt is None else ok(rtt), float(i))
+        outcomes.append(rtt is None)
+        if rtt is not None:
+            seen.append(rtt)
+        if not (look or i == len(steps) - 1):
+            continue  # snapshots only now and then, so rows change several times between two of them
+        r = row(table, float(i))
+        assert r.loss == sum(outcomes[-window:]) / len(outcomes[-window:])
+        ordered = sorted(seen[-window:])
+        if not ordered:
+            assert (r.p50_ms, r.p95_ms, r.p99_ms, r.min_ms) == (None, None, None, None)
+            continue
+        for got, q in ((r.p50_ms, 50), (r.p95_ms, 95), (r.p99_ms, 99)):
+            assert same_float(got, percentile(ordered, q)), (q, got, ordered)
+        assert same_float(r.min_ms, ordered[0]), (r.min_ms, ordered)
+
+
+GROUPS = ("a", "b", "c")
+PLACES = (("r2", "direct"), ("r1", "direct"), ("r2", "accelerator"), ("r1", "accelerator"))
+KEYS = [RowKey(g, *p) for g in GROUPS for p in PLACES]
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("sample"), st.sampled_from(KEYS), st.one_of(st.none(), st.sampled_from([5.0, 7.5, 9.0])),
+                  st.integers(0, 30)),
+        st.tuples(st.just("round"), st.sampled_from(KEYS), st.sampled_from([0.0, 1.0]), st.integers(0, 30)),
+        st.tuples(st.just("ensure"), st.sampled_from(KEYS), st.none(), st.none()),
+        st.tuples(st.just("snapshot"), st.none(), st.none(), st.integers(0, 40)),
+    ),
+    max_size=60,
+)
+
+
+def apply(table: LatencyTable, op: tuple) -> None:
+    kind, key, value, t = op
+    if kind == "sample":
+        table.add_sample(key, lost() if value is None else ok(value), float(t))
+    elif kind == "round":
+        table.add_round(key, value, float(t))
+    elif kind == "ensure":
+        table.ensure(key)
+
+
+@settings(max_examples=200, deadline=None)
+@given(script=ops, window=st.integers(1, 4))
+def test_property_incremental_snapshot_equals_fresh_table(script, window):
+    # Reused rows, groups and staleness must match a table built from scratch, the clock going back and forth.
+    config = TableConfig(window_samples=window, fail_after=1, recover_after=2)
+    table = LatencyTable(config)
+    done: list[tuple] = []
+    for op in script:
+        if op[0] != "snapshot":
+            apply(table, op)
+            done.append(op)
+            continue
+        now = float(op[3])
+        snap = table.snapshot(now)
+        fresh = LatencyTable(config)
+        for earlier in done:
+            apply(fresh, earlier)
+        want = fresh.snapshot(now)
+        assert snap.to_json() == want.to_json()
+        assert list(snap.rows) == list(want.rows)  # rows in the order they were added
+        for group in GROUPS:
+            assert dict(snap.group_rows(group)) == {k[1:]: r for k, r in want.rows.items() if k[0] == group}
+            assert snap.for_group(group) == want.for_group(group)
+
+
+@pytest.mark.parametrize(
+    ("looks", "expected"),
+    [
+        pytest.param([5.0, 5.5], ("stale", "stale", "up"), id="oldest-fresh-turns-stale"),
+        pytest.param([5.0, 8.0], ("stale", "stale", "up"), id="exactly-K-still-fresh"),
+        pytest.param([5.0, 8.5], ("stale", "stale", "stale"), id="then-the-newest"),
+        pytest.param([10.0, 4.5], ("stale", "up", "up"), id="clock-back-from-all-stale"),
+        pytest.param([10.0, 2.5], ("up", "up", "up"), id="clock-back-all-fresh"),
+        pytest.param([5.5, 4.5], ("stale", "up", "up"), id="clock-back-newest-stale-fresh-again"),
+        pytest.param([5.5, 10.0, 5.5], ("stale", "stale", "up"), id="mixed-all-stale-mixed"),
+    ],
+)
+def test_staleness_flips_row_by_row_without_new_data(looks, expected):
+    # Rows of one group updated at 0, 2 and 5 s: each flips on its own as snapshots move the clock.
+    table = LatencyTable(TableConfig(stale_after_intervals=3, interval_s=1.0))
+    keys = (RowKey("a", "r1", "direct"), RowKey("a", "r2", "direct"), RowKey("a", "r3", "direct"))
+    for t, key in zip((0.0, 2.0, 5.0), keys):
+        table.add_sample(key, ok(10.0), t)
+        table.add_round(key, 0.0, t)
+    for now in looks:
+        snap = table.snapshot(now)
+    assert tuple(str(snap.get(*key).health) for key in keys) == expected
+    assert [r.health for r in snap.for_group("a")] == [snap.get(*key).health for key in keys]
+
+
+def test_group_rows_index_and_reuse():
+    table = LatencyTable(TableConfig(stale_after_intervals=3, interval_s=1.0))
+    for key in KEYS:
+        table.add_sample(key, ok(10.0), 0.0 if key.group == "a" else 5.0)
+    first = table.snapshot(5.0)
+    rows_b = first.group_rows("b")
+    assert list(rows_b) == sorted(PLACES)  # keyed by (region, path), in key order
+    assert all(rows_b[place] is first.get("b", *place) for place in PLACES)
+    assert first.for_group("b") == tuple(rows_b.values())
+    assert first.group_rows("nobody") == {} and first.for_group("nobody") == ()
+    assert first.group_rows("a")[("r1", "direct")].health is HealthState.STALE
+
+    table.add_sample(RowKey("c", "r1", "direct"), ok(20.0), 6.0)
+    second = table.snapshot(6.0)
+    assert second.group_rows("a") is first.group_rows("a")  # stale before and still stale: reused
+    assert second.group_rows("b") is rows_b  # untouched group: the same mapping
+    assert second.group_rows("c") is not first.group_rows("c")
+    assert second.group_rows("c")[("r1", "direct")].min_ms == 10.0
+    assert second.group_rows("c")[("r2", "direct")] is first.group_rows("c")[("r2", "direct")]
+    assert second.rows is not first.rows and second.rows[KEYS[0]] is first.rows[KEYS[0]]
+
+    third = table.snapshot(8.5)  # b's rows (updated at 5.0) turn stale, c's row updated at 6.0 stays fresh
+    assert third.group_rows("a") is first.group_rows("a")
+    assert {r.health for r in third.for_group("b")} == {HealthState.STALE}
+    assert third.group_rows("c")[("r1", "direct")] is second.group_rows("c")[("r1", "direct")]
+    assert third.group_rows("c")[("r2", "direct")].health is HealthState.STALE
+
+    fourth = table.snapshot(8.5)
+    assert fourth.rows is third.rows and fourth.by_group is third.by_group and fourth.taken_at == 8.5
+
+
+def test_hand_built_snapshot_gets_a_group_index():
+    table = LatencyTable()
+    for key in KEYS[:4]:
+        table.add_sample(key, ok(10.0), 0.0)
+    rows = dict(table.snapshot(0.0).rows)
+    snap = TableSnapshot(taken_at=1.0, rows=rows)
+    assert dict(snap.group_rows("a")) == {k[1:]: r for k, r in rows.items()}
+    assert [r.key for r in snap.for_group("a")] == sorted(KEYS[:4])

@@ -37,16 +37,27 @@ class Decider:
             (s.name, g.name): compile_plan(config, s, g) for s in self.services for g in self.groups
         }
         self._states: dict[Key, PolicyState] = {}
+        self._rows_seen: dict[Key, Any] = {}  # the rows mapping each decision was last made from
         self._decisions: Mapping[Key, Decision] = MappingProxyType({})
 
     def evaluate(self, snapshot: Any, now: float) -> Mapping[Key, Decision]:
         """One evaluation of every (service, group); returns (and keeps) the read-only map of decisions."""
-        states = self._states
+        states, seen, last = self._states, self._rows_seen, self._decisions
         out: dict[Key, Decision] = {}
         with gc_paused():
             for key, plan in self.plans.items():
-                decision, states[key] = decide(rows_for(snapshot, plan), plan, now, states.get(key, INITIAL))
+                rows = rows_for(snapshot, plan)
+                state = states.get(key, INITIAL)
+                old = last.get(key)
+                # The same rows (the table reuses an unchanged group's mapping), no move last time and no challenger on a
+                # streak: decide() would return the same decision, since only a streak makes it read the clock (dwell).
+                if rows is seen.get(key) and old is not None and state.streak == 0 and old.basis != "provisional":
+                    out[key] = old._replace(evaluated_at=now)
+                    continue
+                decision, states[key] = decide(rows, plan, now, state)
                 out[key] = decision
+                # a decision that just moved explains the move; the next one from the same rows will not
+                seen[key] = rows if decision.changed_at != now else None
         self._decisions = MappingProxyType(out)
         return self._decisions
 

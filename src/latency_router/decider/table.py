@@ -6,12 +6,13 @@ import enum
 import math
 from array import array
 from bisect import bisect_left, insort
+from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter, itemgetter
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
+from latency_router.gcpause import gc_paused
 from latency_router.probes.base import Sample
 
 if TYPE_CHECKING:
@@ -161,56 +162,51 @@ class TableSnapshot:
         return {"rows": [r.to_json() for _, r in sorted(self.rows.items())]}
 
 
+_DATA = 3  # a row's data array: w_sum, w_total, jitter, then the window's RTTs in ascending order
+
 _PercentileIndex = tuple[Callable[[Sequence[float]], tuple[float, ...]], float, float, float]
 
 
 def _percentile_index(n: int) -> _PercentileIndex:
-    """For n ascending values: a getter of (lo, hi) for p50, p95, p99 and the minimum, and the three fractions.
-
-    The ranks and fractions are found exactly as `probes.stats.percentile` finds them.
-    """
+    """For n RTTs: a getter of the data array's scalars, p50/p95/p99 neighbours and minimum, and the 3 fractions."""
+    # Ranks and fractions are computed exactly as probes.stats.percentile computes them.
     ranks: list[int] = []
     fractions: list[float] = []
     for q in (50, 95, 99):
         pos = (n - 1) * q / 100.0
         lo = math.floor(pos)
-        ranks += (lo, min(lo + 1, n - 1))
+        ranks += (_DATA + lo, _DATA + min(lo + 1, n - 1))
         fractions.append(pos - lo)
-    return itemgetter(*ranks, 0), fractions[0], fractions[1], fractions[2]
+    return itemgetter(0, 1, 2, *ranks, _DATA), fractions[0], fractions[1], fractions[2]
 
 
 class _Row:
     """Mutable per-row state; only the table touches it."""
 
+    # What a snapshot reads lives in few objects: a snapshot of many rows is bound by memory reads.
     __slots__ = (
-        "key", "place", "group", "window", "next_out", "ordered", "loss_bits", "w_sum", "w_total", "ewma_at",
-        "jitter", "last_rtt", "samples", "lost", "updated_at", "state", "fail_run", "good_run", "snap",
+        "updated_at", "state", "data", "samples", "lost", "loss_bits", "key", "snap", "place", "group",
+        "window", "next_out", "ewma_at", "fail_run", "good_run",
     )
 
-    def __init__(self, key: RowKey, group: "_Group") -> None:
-        self.key = key
-        self.place = (key.region, key.path)
-        self.group = group
-        # The last window_samples RTTs in arrival order (a ring once full, next_out the oldest) and the same, sorted;
-        # arrays of doubles keep a row's values together in memory, which the snapshot reads faster than floats.
-        self.window = array("d")
-        self.next_out = 0
-        self.ordered = array("d")
-        self.loss_bits = 0  # bit i set: the i-th latest sample was lost (i < window_samples)
-        # The EWMA is a decayed weighted mean sum(w*x)/sum(w): samples at the same instant weigh alike,
-        # and with regular spacing dt it equals the classic EWMA with alpha = 1 - exp(-dt/tau).
-        self.w_sum = 0.0
-        self.w_total = 0.0
-        self.ewma_at = 0.0
-        self.jitter: float | None = None
-        self.last_rtt: float | None = None
-        self.samples = 0
-        self.lost = 0
+    def __init__(self, key: RowKey, place: tuple[str, str], group: "_Group") -> None:
         self.updated_at: float | None = None
         self.state = HealthState.UNKNOWN
+        # EWMA = w_sum/w_total, a time-decayed mean (alpha = 1 - exp(-dt/tau) at regular spacing dt).
+        # data: w_sum, w_total, RFC 3550 jitter, then the last window_samples RTTs in ascending order.
+        self.data = array("d", (0.0, 0.0, 0.0))
+        self.samples = 0
+        self.lost = 0
+        self.loss_bits = 0  # bit i set: the i-th latest sample was lost (i < window_samples)
+        self.key = key
+        self.snap: RowSnapshot | None = None  # None: changed since the last snapshot, and listed in group.dirty
+        self.place = place
+        self.group = group
+        self.window = array("d")  # the same RTTs in arrival order; once full a ring, next_out the oldest
+        self.next_out = 0
+        self.ewma_at = 0.0
         self.fail_run = 0
         self.good_run = 0
-        self.snap: RowSnapshot | None = None  # None: changed since the last snapshot, and listed in group.dirty
 
 
 class _Group:
@@ -225,8 +221,8 @@ class _Group:
         self.reshaped = False  # rows were added since the last snapshot
         self.mapping: dict[tuple[str, str], RowSnapshot] = {}
         self.view: Mapping[tuple[str, str], RowSnapshot] = _EMPTY_GROUP
-        # Staleness only grows with age, so a row's can flip only once now passes one of these: no fresh row
-        # was updated before fresh_bound, and no stale one after stale_bound.
+        # Staleness grows with age: no row published fresh was updated before fresh_bound, no stale one after
+        # stale_bound, so no row's staleness flips while now - fresh_bound <= K and now - stale_bound > K.
         self.fresh_bound: float | None = None
         self.stale_bound: float | None = None
 
@@ -246,6 +242,7 @@ class LatencyTable:
         self.config = config or TableConfig()
         self._rows: dict[RowKey, _Row] = {}
         self._groups: dict[str, _Group] = {}
+        self._places: dict[tuple[str, str], tuple[str, str]] = {}
         self._stale_after_s = self.config.stale_after_intervals * self.config.interval_s
         self._window = self.config.window_samples
         self._loss_mask = (1 << self._window) - 1
@@ -262,7 +259,9 @@ class LatencyTable:
             group = self._groups.get(key.group)
             if group is None:
                 group = self._groups[key.group] = _Group()
-            row = self._rows[key] = _Row(key, group)
+            place = (key.region, key.path)
+            place = self._places.setdefault(place, place)  # one tuple per (region, path): fewer objects to read
+            row = self._rows[key] = _Row(key, place, group)
             group.rows[row.place] = row
             group.dirty.append(row)
             group.reshaped = True
@@ -290,33 +289,33 @@ class LatencyTable:
             return
         if row.loss_bits:
             row.loss_bits = (row.loss_bits << 1) & self._loss_mask
+        data = row.data
         window = row.window
-        ordered = row.ordered
+        last = window[row.next_out - 1] if window else None  # the newest RTT so far
         if len(window) < self._window:
             window.append(rtt)
         else:
-            # Equal values keep arrival order in `ordered`, so the leftmost equal one is the one leaving.
+            # Equal values keep arrival order in the sorted part, so the leftmost equal one is the one leaving.
             out = row.next_out
-            del ordered[bisect_left(ordered, window[out])]
+            del data[bisect_left(data, window[out], _DATA)]
             window[out] = rtt
             out += 1
             row.next_out = 0 if out == self._window else out
-        insort(ordered, rtt)
+        insort(data, rtt, _DATA)
         dt = now - row.ewma_at
-        if row.w_total and dt > 0:
+        w_total = data[1]
+        if w_total and dt > 0:
             decay = math.exp(-dt / self.config.ewma_tau_s)
-            row.w_sum = row.w_sum * decay + rtt
-            row.w_total = row.w_total * decay + 1.0
+            data[0] = data[0] * decay + rtt
+            data[1] = w_total * decay + 1.0
         else:
-            row.w_sum += rtt
-            row.w_total += 1.0
+            data[0] = data[0] + rtt
+            data[1] = w_total + 1.0
         row.ewma_at = now
-        last = row.last_rtt
         if last is not None:
             # RFC 3550 section 6.4.1: J += (|D| - J) / 16, D the difference of consecutive transit times.
-            j = row.jitter or 0.0
-            row.jitter = j + (abs(rtt - last) - j) / 16.0
-        row.last_rtt = rtt
+            j = data[2]
+            data[2] = j + (abs(rtt - last) - j) / 16.0
 
     def add_round(self, key: tuple[str, str, str], round_loss_ratio: float, now: float) -> None:
         """Step the row's health machine by one round: it fails when its loss ratio reaches loss_threshold."""
@@ -348,8 +347,12 @@ class LatencyTable:
 
     def snapshot(self, now: float) -> TableSnapshot:
         """An immutable view of every row at `now`; rows and groups unchanged since the last call are reused."""
+        with gc_paused():
+            return self._snapshot(now)
+
+    def _snapshot(self, now: float) -> TableSnapshot:
         stale_after_s = self._stale_after_s
-        updates: list[tuple[list[_Row], list[RowSnapshot]]] = []
+        flat: dict[tuple[str, str, str], RowSnapshot] | None = None
         views: list[tuple[str, Mapping[tuple[str, str], RowSnapshot]]] = []
         for name, group in self._groups.items():
             fresh_bound = group.fresh_bound
@@ -360,19 +363,21 @@ class LatencyTable:
             if timely and not group.dirty:
                 continue
             built, snaps = self._refresh(group, now, timely)
-            if built:
-                updates.append((built, snaps))
-                views.append((name, group.view))
+            if not built:
+                continue
+            if flat is None:
+                flat = self._flat.copy()
+                if self._new_keys:
+                    flat.update(dict.fromkeys(self._new_keys))  # placeholders keep the rows in the order they came
+                    self._new_keys = []
+            flat.update(zip(map(_key_of, built), snaps))  # now, while these rows are still in the CPU's caches
+            views.append((name, group.view))
         last = self._last
-        if last is not None and not updates:
+        if flat is None and last is not None:
             self._last = TableSnapshot(taken_at=now, rows=last.rows, by_group=last.by_group)
             return self._last
-        flat = self._flat.copy()
-        if self._new_keys:
-            flat.update(dict.fromkeys(self._new_keys))  # placeholders keep the rows in the order they were added
-            self._new_keys = []
-        for built, snaps in updates:
-            flat.update(zip(map(_key_of, built), snaps))
+        if flat is None:
+            flat = {}
         index = self._index.copy()
         index.update(views)
         self._flat = flat
@@ -381,10 +386,7 @@ class LatencyTable:
         return self._last
 
     def _refresh(self, group: _Group, now: float, timely: bool) -> tuple[list[_Row], list[RowSnapshot]]:
-        """Rebuild the group's changed row snapshots and its view; returns the rows rebuilt and their snapshots.
-
-        `timely`: no row's staleness can have flipped since the last snapshot, so only the dirty rows need a look.
-        """
+        """Rebuild the group's changed rows and its view (looking at dirty rows only when `timely`); returns them."""
         stale_after_s = self._stale_after_s
         reshaped = group.reshaped
         full = not timely or reshaped
@@ -396,21 +398,21 @@ class LatencyTable:
         rows = list(group.rows.values()) if full or every else group.dirty
         group.dirty = []
         seen = list(map(_updated_at, rows))
-        stales: Iterable[bool]
+        stales: Iterable[bool] | None = None
         # Usually every row looked at is fresh (or every one stale): decide that once, with min and max in C.
-        if None not in seen and not now - min(seen) > stale_after_s:
-            stales = repeat(False)
-            fresh_bound, stale_bound = min(seen), None
-        elif None not in seen and now - max(seen) > stale_after_s:
-            stales = repeat(True)
-            fresh_bound, stale_bound = None, max(seen)
-        else:
+        if None not in seen:
+            oldest, newest = min(seen), max(seen)
+            if not now - oldest > stale_after_s:
+                stales, fresh_bound, stale_bound = repeat(False), oldest, None
+            elif now - newest > stale_after_s:
+                stales, fresh_bound, stale_bound = repeat(True), None, newest
+        if stales is None:
             stales = [u is not None and now - u > stale_after_s for u in seen]
             fresh = [u for u, stale in zip(seen, stales) if u is not None and not stale]
             old = [u for u, stale in zip(seen, stales) if stale]
             fresh_bound = min(fresh) if fresh else None
             stale_bound = max(old) if old else None
-        if not full:
+        if not (full or every):
             # Only some rows were looked at: widen the bounds, never narrow them.
             if group.fresh_bound is not None and (fresh_bound is None or group.fresh_bound < fresh_bound):
                 fresh_bound = group.fresh_bound
@@ -462,14 +464,16 @@ class LatencyTable:
             else:
                 health = row.state
                 healthy = health is up or (health is unknown and unknown_healthy)
-            ordered = row.ordered
-            if ordered:
-                n = len(ordered)
+            data = row.data
+            samples = row.samples
+            lost = row.lost
+            n = len(data) - _DATA
+            if n:
                 try:
                     pick, f50, f95, f99 = pct_index[n]
                 except KeyError:
                     pick, f50, f95, f99 = pct_index[n] = _percentile_index(n)
-                a50, b50, a95, b95, a99, b99, low = pick(ordered)
+                w_sum, w_total, jitter, a50, b50, a95, b95, a99, b99, low = pick(data)
                 # The interpolation and clamp of probes.stats.percentile, step for step, so values are equal.
                 p50 = a50 + (b50 - a50) * f50
                 if p50 < a50:
@@ -486,16 +490,20 @@ class LatencyTable:
                     p99 = a99
                 elif p99 > b99:
                     p99 = b99
+                ewma = w_sum / w_total
+                if samples - lost < 2:
+                    jitter = None  # jitter needs two RTTs
             else:
-                p50 = p95 = p99 = low = None
-            samples = row.samples
-            w_total = row.w_total
-            snap = row.snap = new(row_snapshot, row.key + (
-                row.w_sum / w_total if w_total else None,
-                p50, p95, p99, low,
-                row.jitter,
-                row.loss_bits.bit_count() / (samples if samples < window else window) if samples else None,
-                samples, row.lost, healthy, health, "measured", row.updated_at,
+                ewma = p50 = p95 = p99 = low = jitter = None
+            bits = row.loss_bits
+            if bits:
+                loss = bits.bit_count() / (samples if samples < window else window)
+            else:
+                loss = 0 / samples if samples else None  # the same 0.0 that lost/sent gives
+            group_name, region, path = row.key
+            snap = row.snap = new(row_snapshot, (
+                group_name, region, path, ewma, p50, p95, p99, low, jitter, loss,
+                samples, lost, healthy, health, "measured", row.updated_at,
             ))
             append(snap)
         return snaps
