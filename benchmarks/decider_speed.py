@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out["checks"] = {
         "recompute_within_1s": recompute <= 1.0,
+        "decide_only_within_1s": statistics.median(decide_s) <= 1.0,
         "lookup_within_10us": lookup_us <= 10.0,
         "client_ip_lookup_within_10us": client_us <= 10.0,
     }
