@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from latency_router.config.models import Config, GroupConfig
 from latency_router.decider.table import TableSnapshot
-from latency_router.replay.generate import great_circle_km
+from latency_router.decider.plan import great_circle_km
 from latency_router.replay.metrics import Choice
 
 PRIMARY_PATH = "direct"

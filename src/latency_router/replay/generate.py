@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latency_router.decider.plan import great_circle_km
+
 PATHS = ("direct", "accelerator")
 FIBRE_KM_PER_MS = 100.0  # light in fibre covers about 100 km of great-circle distance per ms of RTT
-EARTH_RADIUS_KM = 6371.0
 FORMAT_VERSION = 1
 _DATA_FILES = ("servers.csv", "pings.csv", "regions.txt")
 
@@ -178,14 +179,6 @@ class Server:
     name: str
     lat: float
     lon: float
-
-
-def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Return the haversine distance in km between two points given in degrees."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
 def fibre_floor_ms(a: Server, b: Server) -> float:
