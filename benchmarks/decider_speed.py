@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gc.collect()
     tracemalloc.start()
-    table = LatencyTable(TableConfig.from_settings(config.probing, config.health))
+    table = LatencyTable(TableConfig.from_settings(config.probing, config.health, config.table))
     decider = Decider(config)
     now = fill(table, truth, rng, args.samples, 0.0)
     decisions = decider.evaluate(table.snapshot(now), now)

@@ -468,7 +468,7 @@ ONE_REGION = f'policy = "latency"\nregions = ["{EU}"]\n'
         pytest.param(20.0, 18.5, (), "accelerator", 1.5, id="accel-over-1ms-floor"),
         pytest.param(100.0, 98.1, (), "direct", -1.9, id="accel-under-2pct"),
         pytest.param(100.0, 97.9, (), "accelerator", 2.1, id="accel-over-2pct"),
-        pytest.param(20.0, 25.0, ((EU, "direct"),), "accelerator", -5.0, id="direct-down-accel-although-slower"),
+        pytest.param(20.0, 25.0, ((EU, "direct"),), "accelerator", None, id="direct-down-accel-although-slower"),
         pytest.param(20.0, 15.0, ((EU, "accelerator"),), "direct", None, id="accel-down"),
         pytest.param(None, 25.0, (), "accelerator", None, id="direct-no-row"),
         pytest.param(20.0, None, (), "direct", None, id="accel-no-row"),
@@ -811,3 +811,33 @@ def test_service_weights_count_a_group_answered_by_its_fallback(all_down):
     got = service_weights([eu, us], {"eu": 1.0, "us": 1.0})
     by_answer = {answer: w for (_, _, answer), w in got.items()}
     assert set(by_answer) == {eu.answer, DIRECT[US]} and sum(by_answer.values()) == 255
+
+
+# --- review fixes: the costly path is never kept while slower, down paths are named, missing rows ------------------
+
+
+def test_a_held_accelerator_goes_back_to_direct_once_it_is_no_faster():
+    plan = plan_for(ONE_REGION + NO_DWELL)
+    accel_leads = rows({EU: (100.0, 95.0)})  # 5 ms over the path margin max(1 ms, 2 %)
+    accel_slower = rows({EU: (100.0, 102.5)})  # now 2.5 ms slower: within the hysteresis margin, but costly and slower
+    decisions, _ = run(plan, [accel_leads] + [accel_slower] * 4)
+    assert [d.path for d in decisions] == ["accelerator", "accelerator", "accelerator", "direct", "direct"]
+
+
+def test_a_held_accelerator_stays_while_it_is_still_faster_inside_the_path_margin():
+    plan = plan_for(ONE_REGION + NO_DWELL)
+    decisions, _ = run(plan, [rows({EU: (100.0, 95.0)})] + [rows({EU: (100.0, 99.5)})] * 5)
+    assert {d.path for d in decisions} == {"accelerator"}  # 0.5 ms faster: no flap at the margin's edge
+
+
+def test_direct_down_names_it_in_the_reason_and_gives_no_margin():
+    decision = once(plan_for(ONE_REGION), rows({EU: (20.0, 25.0)}, ((EU, "direct"),)))
+    assert (decision.path, decision.path_margin_ms) == ("accelerator", None)
+    assert "accelerator because direct is down" in decision.reason
+
+
+def test_a_path_without_a_row_is_not_healthy_when_the_group_has_other_rows():
+    plan = plan_for(f'policy = "latency"\nregions = ["{EU}", "{US}"]\nall_down = "none"\n')
+    # eu-west-1 has only an accelerator row, and it is down; us-east-1 is down too
+    decision = once(plan, rows({EU: (None, 30.0), US: (80.0, 90.0)}, (EU, US)))
+    assert decision.answers == () and decision.fallback == "none"

@@ -338,3 +338,12 @@ def test_score_counts_are_nested_and_the_argmin_is_always_optimal(truths: list[l
     best_report = oracle.report([float(i + 1) for i in range(len(truths))], 1.0, [], [], True)
     assert best_report["points"] in (0, len([r for r in truths if any(t is not None for t in r)]))
     assert best_report["optimal_pct"] in (None, 100.0)
+
+
+def test_a_config_without_a_latency_service_still_sees_the_latency_policy_scored(tmp_path: Path) -> None:
+    config = make_config([{"name": "g1"}], services=[{"name": "api", "policy": "failover", "priority": [B, A]}])
+    samples = write_rows(tmp_path / "s.csv", truth_rows({("g1", A, "direct"): 10.0, ("g1", A, "accelerator"): 12.0,
+                                                         ("g1", B, "direct"): 30.0, ("g1", B, "accelerator"): 25.0}, 3))
+    policies = replay(config, samples).report["policies"]
+    assert policies["api"]["policy"] == "failover" and policies["api"]["optimal_pct"] == 0.0  # B first: 25 ms vs 10
+    assert policies["latency"]["kind"] == "baseline" and policies["latency"]["optimal_pct"] == 100.0

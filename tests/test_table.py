@@ -432,3 +432,24 @@ def test_hand_built_snapshot_gets_a_group_index():
     snap = TableSnapshot(taken_at=1.0, rows=rows)
     assert dict(snap.group_rows("a")) == {k[1:]: r for k, r in rows.items()}
     assert [r.key for r in snap.for_group("a")] == sorted(KEYS[:4])
+
+
+@pytest.mark.parametrize(
+    "section, expected",
+    [
+        pytest.param("", (10.0, 256, 3.0, True), id="defaults"),
+        pytest.param('[table]\newma_tau = "30s"\nwindow = 64\nstale_after = 5\nunknown_healthy = false\n', (30.0, 64, 5.0, False), id="set"),
+    ],
+)
+def test_table_settings_come_from_the_config(section, expected):
+    from latency_router.config import parse_config
+
+    config = parse_config(
+        section + '[[regions]]\nname = "r"\nlat = 0.0\nlon = 0.0\n[[regions.paths]]\nname = "direct"\n'
+        'probe = "udp://192.0.2.1:7007"\nanswer = "192.0.2.1"\n'
+    )
+    tc = TableConfig.from_settings(config.probing, config.health, config.table)
+    assert (tc.ewma_tau_s, tc.window_samples, tc.stale_after_intervals, tc.unknown_healthy) == expected
+    table = LatencyTable(tc)
+    table.ensure(KEY)
+    assert table.snapshot(0.0).get(*KEY).healthy is expected[3]  # what an unknown row counts as

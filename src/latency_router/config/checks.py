@@ -6,6 +6,7 @@ what has the type it expects and skips the rest (the field's own type error is r
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -83,6 +84,7 @@ def cross_reference_problems(data: Mapping[str, Any]) -> list[Problem]:
     _names(("services",), _items(data, "services"), "service", problems)
     problems.extend(_vantage_problems(data))
     problems.extend(_service_problems(data, regions))
+    problems.extend(_fence_overlap_problems(data))
     lab = data.get("lab")
     if isinstance(lab, Mapping):
         problems.extend(_lab_problems(lab, paths))
@@ -177,6 +179,40 @@ def _service_region_refs(loc: Loc, service: Mapping, regions: Mapping[str, Mappi
         if isinstance(names, (list, tuple)):
             found += [_region_ref((*loc, "fences", k, "regions", j), n, regions, used) for j, n in enumerate(names)]
     return [p for p in found if p is not None]
+
+
+def _cidr(text: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(text) if isinstance(text, str) else None
+    except ValueError:
+        return None  # reported by the field itself
+
+
+def _fence_overlap_problems(data: Mapping[str, Any]) -> list[Problem]:
+    """A fence CIDR that covers part of a group's CIDR: fences apply to whole groups, so that group must be split."""
+    problems: list[Problem] = []
+    group_nets = [
+        (_text(g, "name"), net)
+        for _, g in _items(data, "groups")
+        if isinstance(g.get("cidrs"), (list, tuple))
+        for net in map(_cidr, g["cidrs"])
+        if net is not None
+    ]
+    for i, service in _items(data, "services"):
+        for k, fence in _items(service, "fences"):
+            cidrs = fence.get("cidrs")
+            if not isinstance(cidrs, (list, tuple)):
+                continue
+            for j, fence_net in enumerate(map(_cidr, cidrs)):
+                if fence_net is None:
+                    continue
+                for name, net in group_nets:
+                    if net.version == fence_net.version and net.overlaps(fence_net) and not net.subnet_of(fence_net):  # type: ignore[arg-type]
+                        problems.append((
+                            ("services", i, "fences", k, "cidrs", j),
+                            f"covers only part of {net} of group {show(name)}: a fence applies to whole groups (split the group)",
+                        ))
+    return problems
 
 
 def _service_group_refs(loc: Loc, service: Mapping, groups: set[str]) -> list[Problem]:

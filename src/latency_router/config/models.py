@@ -104,6 +104,15 @@ class HealthConfig(_Model):
     recover_after: Annotated[Int, Field(ge=1)] = 3
 
 
+class TableSettings(_Model):
+    """[table]: how the latency table smooths, windows and judges its rows."""
+
+    ewma_tau_s: Annotated[Duration, Field(alias="ewma_tau", gt=0)] = 10.0
+    window: Annotated[Int, Field(ge=1, le=65536)] = 256
+    stale_after: Annotated[Int, Field(ge=1, le=1000)] = 3
+    unknown_healthy: Annotated[bool, Strict()] = True
+
+
 class PathLab(_Model):
     """A path's lab impairment: the RTT added, its jitter and a loss ratio."""
 
@@ -292,6 +301,7 @@ class Config(_Model):
     api: ApiConfig = ApiConfig()
     probing: ProbingConfig = ProbingConfig()
     health: HealthConfig = HealthConfig()
+    table: TableSettings = TableSettings()
     regions: Annotated[tuple[RegionConfig, ...], Field(min_length=1)]
     groups: tuple[GroupConfig, ...] = ()
     services: tuple[ServiceConfig, ...] = ()

@@ -14,7 +14,7 @@ def path_candidate(rows: Rows, plan: Plan, region: str, path: str, answer: str) 
     """The candidate for one (region, path), with no path comparison."""
     row = rows.get((region, path))
     if row is None:
-        return Candidate(region, path, answer, None, "none", True)
+        return Candidate(region, path, answer, None, "none", False)
     return Candidate(region, path, answer, plan.metric_of(row), row.health, row.healthy)
 
 
@@ -39,6 +39,8 @@ def build_candidates(rows: Rows, plan: Plan) -> tuple[list[Candidate], bool]:
     metric = plan.metric_of
     margin_ms, ratio = plan.path_margin_ms, plan.path_margin_ratio
     get = rows.get
+    # a path with no row is not healthy, unless the group has no rows at all (nothing measured yet: all unknown)
+    unmeasured = not rows
     out = []
     append = out.append
     missing = False
@@ -47,7 +49,7 @@ def build_candidates(rows: Rows, plan: Plan) -> tuple[list[Candidate], bool]:
         path, answer = region.paths[0]
         row = get(region.primary_key)
         if row is None:
-            rtt, health, ok = None, "none", True
+            rtt, health, ok = None, "none", unmeasured
         else:
             rtt, health, ok = metric(row), row.health, row.healthy
             if rtt is None and ok and row.samples:
@@ -70,6 +72,7 @@ def build_candidates(rows: Rows, plan: Plan) -> tuple[list[Candidate], bool]:
         if ok and rtt is not None and rtt - value < (margin_ms if margin_ms > ratio * rtt else ratio * rtt):
             append(_new(Candidate, (name, path, answer, rtt, health, ok, 0, value - rtt, None)))
         else:
-            margin = None if rtt is None else rtt - value
+            # against a down (or unmeasured) primary there is no margin to speak of: the reason says it is down
+            margin = None if rtt is None or not ok else rtt - value
             append(_new(Candidate, (name, other_path, other_answer, value, other_health, True, 0, margin, None)))
     return out, missing

@@ -1,6 +1,7 @@
 """Hysteresis: the incumbents stay until challengers beat the weakest by max(margin, ratio) for N evaluations in a row, past the dwell.
 
-An incumbent that a filter dropped (down, stale, fenced) is replaced at once; so is a missing one (the first
+A held costly path (the accelerator) goes back to the region's primary path once it is no longer faster, after the
+same N evaluations. An incumbent that a filter dropped (down, stale, fenced) is replaced at once; so is a missing one (the first
 evaluation) and one with no measurement while a measured challenger exists. The streak belongs to the decision, not
 to one challenger: two challengers that trade first place while both beat the incumbent still win after N evaluations.
 Held members keep their order, so a reorder inside a held set (noise) is not a change.
@@ -89,7 +90,10 @@ def hold(
             rival = max(held, key=lambda h: (h.rtt_ms is None, h.rtt_ms or 0.0))
         else:
             rival = max(held, key=lambda h: position.get(h.region, len(position)))
-        if plan.latency_ranked or same_region:
+        if same_region and c.path == plan.primary.get(c.region) and c.rtt_ms is not None and rival.rtt_ms is not None:
+            # back to the free path as soon as the costly one is no faster: a slower accelerator is never kept
+            won = c.rtt_ms <= rival.rtt_ms
+        elif plan.latency_ranked or same_region:
             won = beats(c.rtt_ms, rival.rtt_ms, plan.margin_ms, plan.margin_ratio)
         else:
             won = position[c.region] < position.get(rival.region, len(position))

@@ -41,6 +41,7 @@ class Plan:
     steps: tuple[Step, ...]
     regions: tuple[RegionPlan, ...]
     order: Mapping[str, int]  # region -> position in the service's region list (the last tie-break)
+    primary: Mapping[str, str]  # region -> its primary (free) path
     forced_path: str | None  # a path every candidate must use, or None for the measured choice
     allowed: frozenset[str] | None  # the regions the group's fence allows, None when no fence matches
     geo_order: tuple[str, ...]  # geolocation: the group's mapped region, then the default ('*')
@@ -109,6 +110,7 @@ def compile_plan(config: "Config", service: "ServiceConfig", group: "GroupConfig
         steps=steps,
         regions=tuple(regions),
         order=MappingProxyType({n: i for i, n in enumerate(names)}),
+        primary=MappingProxyType({r.name: r.paths[0][0] for r in regions}),
         forced_path=None if service.path == "auto" else service.path,
         allowed=allowed,
         geo_order=geo_order,

@@ -74,7 +74,7 @@ def _rank_reason(plan: Plan, ranked: list[Candidate], chosen: Candidate) -> str:
         nxt = next((c for c in ranked if c.region != chosen.region and c.rtt_ms is not None), None)
         if nxt is None:
             return f"the only candidate left ({chosen.rtt_ms:.1f} ms)"
-        return f"{chosen.rtt_ms:.1f} ms, next {nxt.region} at {nxt.rtt_ms:.1f} ms"
+        return f"{chosen.rtt_ms:.1f} ms; fastest other region {nxt.region} at {nxt.rtt_ms:.1f} ms"
     if sorter == "priority":
         return f"priority {plan.priority_rank.get(chosen.region, len(plan.order)) + 1} of the candidates left"
     if sorter == "proximity":
@@ -85,10 +85,11 @@ def _rank_reason(plan: Plan, ranked: list[Candidate], chosen: Candidate) -> str:
     return "first in the service's order"
 
 
-def _path_reason(chosen: Candidate) -> str:
+def _path_reason(chosen: Candidate, plan: Plan) -> str:
     m = chosen.path_margin_ms
+    primary = plan.primary.get(chosen.region)
     if m is None:
-        return ""
+        return "" if chosen.path == primary else f"{chosen.path} because {primary} is down or unmeasured"
     if m >= 0:
         return f"{chosen.path} is {m:.1f} ms faster than the other path"
     return f"{chosen.path} kept: the other path is {-m:.1f} ms faster, within the margin"
@@ -143,7 +144,7 @@ def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL) -> 
             parts.append(f"{selector.name} selector gives {len(chosen)} answer{'s' if len(chosen) != 1 else ''}")
         if fallback:
             parts.insert(0, "every region is down: fail-open, answering as if all were healthy")
-        parts += [p for p in (_path_reason(top), note) if p]
+        parts += [p for p in (_path_reason(top, plan), note) if p]
         if provisional:
             parts.append("provisional: some healthy paths have no measurement yet")
         down = [c.region for c in excluded if c.excluded == healthy.EXCLUDED]

@@ -62,14 +62,21 @@ class TableConfig:
             raise ValueError(f"loss_threshold must be within (0, 1], got {self.loss_threshold}")
 
     @classmethod
-    def from_settings(cls, probing: Any, health: Any, **overrides: Any) -> "TableConfig":
-        """Build from the config's [probing] and [health] sections (anything with the same attribute names)."""
+    def from_settings(cls, probing: Any, health: Any, table: Any = None, **overrides: Any) -> "TableConfig":
+        """Build from the config's [probing], [health] and [table] sections (anything with the same attribute names)."""
         kw: dict[str, Any] = {
             "interval_s": probing.interval_s,
             "loss_threshold": probing.loss_threshold,
             "fail_after": health.fail_after,
             "recover_after": health.recover_after,
         }
+        if table is not None:
+            kw.update(
+                ewma_tau_s=table.ewma_tau_s,
+                window_samples=table.window,
+                stale_after_intervals=float(table.stale_after),
+                unknown_healthy=table.unknown_healthy,
+            )
         kw.update(overrides)
         return cls(**kw)
 

@@ -156,7 +156,7 @@ def replay(
     service_scores = scores[: len(services)]
     baseline_scores = scores[len(services):]
 
-    table = LatencyTable(TableConfig.from_settings(config.probing, config.health))
+    table = LatencyTable(TableConfig.from_settings(config.probing, config.health, config.table))
     known: dict[Key, tuple[str, int]] = {}  # key -> (probe target text, group index)
     times: list[float] = []
     down_steps: dict[tuple[str, str], list[int]] = {}
@@ -335,7 +335,9 @@ def _policies(config: Config, ref: ServiceConfig, settings: ReplaySettings) -> t
     ]
     for b in baselines:
         b.name = _free_name(b.name, taken)
-    return (*config.services, *variants), baselines, notes
+    # a config without a latency service still sees the latency policy scored beside its own (as a baseline)
+    own = () if ref in config.services else (ref.model_copy(update={"name": _free_name(ref.name, taken)}),)
+    return (*config.services, *own, *variants), baselines, notes
 
 
 def _scores(
