@@ -220,7 +220,6 @@ def test_route53_like_leaves_a_region_its_health_check_fails(tmp_path: Path) -> 
 
 def test_dead_region_is_left_within_the_failover_bound(tmp_path: Path) -> None:
     """DESIGN.md: left within fail_after x interval + interval of its last good sample (replay has no timeout)."""
-    pytest.importorskip("latency_router.decider.engine")
     groups = [{"name": f"g{i}", "lat": 50.0, "lon": 8.0} for i in range(3)]
     truth = {}
     for i in range(3):
