@@ -816,12 +816,18 @@ def test_service_weights_count_a_group_answered_by_its_fallback(all_down):
 # --- review fixes: the costly path is never kept while slower, down paths are named, missing rows ------------------
 
 
-def test_a_held_accelerator_goes_back_to_direct_once_it_is_no_faster():
+@pytest.mark.parametrize(
+    "direct_ms, accel_ms, paths",
+    [
+        pytest.param(100.0, 102.5, ["accelerator"] * 5, id="accel-slower-inside-the-hysteresis-margin-is-held"),
+        pytest.param(100.0, 104.0, ["accelerator"] * 3 + ["direct"] * 2, id="direct-leads-by-more-than-3pct-takes-over"),
+    ],
+)
+def test_a_held_accelerator_goes_back_to_direct_only_past_the_hysteresis_margin(direct_ms, accel_ms, paths):
     plan = plan_for(ONE_REGION + NO_DWELL)
     accel_leads = rows({EU: (100.0, 95.0)})  # 5 ms over the path margin max(1 ms, 2 %)
-    accel_slower = rows({EU: (100.0, 102.5)})  # now 2.5 ms slower: within the hysteresis margin, but costly and slower
-    decisions, _ = run(plan, [accel_leads] + [accel_slower] * 4)
-    assert [d.path for d in decisions] == ["accelerator", "accelerator", "accelerator", "direct", "direct"]
+    decisions, _ = run(plan, [accel_leads] + [rows({EU: (direct_ms, accel_ms)})] * 4)
+    assert [d.path for d in decisions] == paths
 
 
 def test_a_held_accelerator_stays_while_it_is_still_faster_inside_the_path_margin():

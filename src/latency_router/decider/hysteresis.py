@@ -1,7 +1,8 @@
 """Hysteresis: the incumbents stay until challengers beat the weakest by max(margin, ratio) for N evaluations in a row, past the dwell.
 
-A held costly path (the accelerator) goes back to the region's primary path once it is no longer faster, after the
-same N evaluations. An incumbent that a filter dropped (down, stale, fenced) is replaced at once; so is a missing one (the first
+A path change within a region is held the same way: the accelerator is chosen only when it beats direct by the path
+margin, and once held, direct must beat it by the hysteresis margin to take over again (noise inside that margin
+never flips the path, at the price of keeping an accelerator up to that margin slower). An incumbent that a filter dropped (down, stale, fenced) is replaced at once; so is a missing one (the first
 evaluation) and one with no measurement while a measured challenger exists. The streak belongs to the decision, not
 to one challenger: two challengers that trade first place while both beat the incumbent still win after N evaluations.
 Held members keep their order, so a reorder inside a held set (noise) is not a change.
@@ -90,10 +91,7 @@ def hold(
             rival = max(held, key=lambda h: (h.rtt_ms is None, h.rtt_ms or 0.0))
         else:
             rival = max(held, key=lambda h: position.get(h.region, len(position)))
-        if same_region and c.path == plan.primary.get(c.region) and c.rtt_ms is not None and rival.rtt_ms is not None:
-            # back to the free path as soon as the costly one is no faster: a slower accelerator is never kept
-            won = c.rtt_ms <= rival.rtt_ms
-        elif plan.latency_ranked or same_region:
+        if plan.latency_ranked or same_region:
             won = beats(c.rtt_ms, rival.rtt_ms, plan.margin_ms, plan.margin_ratio)
         else:
             won = position[c.region] < position.get(rival.region, len(position))
