@@ -20,23 +20,14 @@ from pydantic import ValidationError
 from latency_router.config import POLICY_NAMES, Config, ConfigError, load_config, parse_config
 from latency_router.config.countries import COUNTRY_CODES
 from latency_router.durations import MAX_DURATION_S, MAX_DURATION_TEXT, format_duration, parse_duration
+from support import MINIMAL_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "config"
 BAD = sorted(FIXTURES.glob("bad-*.toml"))
 CLI = Path(sys.executable).parent / "latency-router"
 
-MINIMAL = """
-[[regions]]
-name = "eu-west-1"
-lat = 53.35
-lon = -6.26
-
-[[regions.paths]]
-name = "direct"
-probe = "udp://203.0.113.10:7007"
-answer = "203.0.113.10"
-"""
+MINIMAL = MINIMAL_CONFIG
 
 
 def expected_lines(fixture: Path) -> list[str]:

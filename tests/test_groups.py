@@ -11,18 +11,9 @@ from hypothesis import strategies as st
 
 from latency_router.config import parse_config
 from latency_router.decider.groups import GroupIndex
+from support import MINIMAL_CONFIG
 
-MINIMAL = """
-[[regions]]
-name = "eu-west-1"
-lat = 53.35
-lon = -6.26
-
-[[regions.paths]]
-name = "direct"
-probe = "udp://203.0.113.10:7007"
-answer = "203.0.113.10"
-"""
+MINIMAL = MINIMAL_CONFIG
 
 NESTED = [
     ("wide", ["10.0.0.0/8"]),

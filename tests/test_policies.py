@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple
 
 import pytest
 
@@ -16,6 +15,7 @@ from latency_router.decider.plan import Plan, compile_plan, great_circle_km
 from latency_router.decider.policy import INITIAL, PolicyState, decide
 from latency_router.decider.table import LatencyTable, TableConfig
 from latency_router.probes.base import LossReason, Sample
+from support import Row, row
 
 EU, US, AP, SA = "eu-west-1", "us-east-1", "ap-southeast-1", "sa-east-1"
 LOCATIONS = {EU: (53.35, -6.26), US: (38.9, -77.04), AP: (1.29, 103.85), SA: (-23.55, -46.63)}
@@ -73,22 +73,6 @@ def plan_for(service: str, group: str = "eu", regions: str = REGIONS, groups: st
     config = config_for(service, regions, groups)
     (g,) = [g for g in config_groups(config) if g.name == group]
     return compile_plan(config, config.services[0], g)
-
-
-class Row(NamedTuple):
-    """A stand-in for a table RowSnapshot: only the fields the decider reads."""
-
-    ewma_ms: float | None
-    p50_ms: float | None
-    p95_ms: float | None
-    min_ms: float | None
-    health: str
-    healthy: bool
-    samples: int = 1
-
-
-def row(rtt_ms: float | None, health: str = "up") -> Row:
-    return Row(rtt_ms, rtt_ms, rtt_ms, rtt_ms, health, health in ("up", "unknown"))
 
 
 Spec = Mapping[str, tuple[float | None, float | None]]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -13,11 +12,11 @@ from latency_router.config import parse_config
 from latency_router.decider.decision import WEIGHT_SCALE, Candidate, Decision, client_prefix, share_weights, sticky_pick
 from latency_router.decider.plan import Plan, compile_plan
 from latency_router.decider.policy import INITIAL, decide
+from support import Row, row
 
 NAMES = tuple(f"r{i}" for i in range(6))
 LOCATIONS = [(53.35, -6.26), (38.9, -77.04), (1.29, 103.85), (-23.55, -46.63), (35.68, 139.69), (50.11, 8.68)]
 PATHS = ("direct", "accelerator")
-HEALTH = {"up": True, "unknown": True, "down": False, "stale": False}
 MARGIN_MS, MARGIN_RATIO = 2.0, 0.03  # the default hysteresis margin: max(2 ms, 3 %)
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 
@@ -39,22 +38,6 @@ def plan_for(n_regions: int, service: str) -> Plan:
     parts.append(f'[[services]]\nname = "s"\n{service}\n')
     config = parse_config("\n".join(parts))
     return compile_plan(config, config.services[0], config.groups[0])
-
-
-class Row(NamedTuple):
-    """A stand-in for a table RowSnapshot: only the fields the decider reads."""
-
-    ewma_ms: float | None
-    p50_ms: float | None
-    p95_ms: float | None
-    min_ms: float | None
-    health: str
-    healthy: bool
-    samples: int = 1
-
-
-def row(rtt_ms: float | None, health: str = "up") -> Row:
-    return Row(rtt_ms, rtt_ms, rtt_ms, rtt_ms, health, HEALTH[health])
 
 
 Rows = dict[tuple[str, str], Row]

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from latency_router.decider.decision import Candidate
-from latency_router.decider.plan import Plan, RegionPlan
+from latency_router.decider.plan import Plan
 
 Rows = Mapping[tuple[str, str], Any]  # (region, path) -> RowSnapshot
 
 
-def path_candidate(rows: Rows, plan: Plan, region: str, path: str, answer: str) -> Candidate:
+def path_candidate(rows: Rows, plan: Plan, region: str, path: str) -> Candidate:
     """The candidate for one (region, path), with no path comparison."""
+    answer = plan.answers[(region, path)]
     row = rows.get((region, path))
     if row is None:
         return Candidate(region, path, answer, None, "none", False)

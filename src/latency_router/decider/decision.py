@@ -67,11 +67,6 @@ class Decision(NamedTuple):
         """The first answer, or None when there is none."""
         return self.answers[0] if self.answers else None
 
-    @property
-    def target(self) -> tuple[str | None, str | None]:
-        """(region, path): what a flip changes."""
-        return (self.region, self.path)
-
     def for_client(self, client: str | None) -> "Decision":
         """This decision for one client: a sticky pool picks by the client's /24 (IPv4) or /48 (IPv6) prefix."""
         if not self.sticky_pool or client is None:

@@ -11,9 +11,8 @@ Held members keep their order, so a reorder inside a held set (noise) is not a c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
-from latency_router.decider.candidates import beats
+from latency_router.decider.candidates import Rows, beats, path_candidate
 from latency_router.decider.decision import Candidate
 from latency_router.decider.plan import Plan
 
@@ -27,7 +26,6 @@ class Held:
     ranked: list[Candidate]
     incumbents: tuple[Target, ...]
     streak: int  # evaluations in a row in which a challenger beat the weakest incumbent
-    moved: bool  # the incumbents changed this evaluation
     note: str  # why an incumbent was kept or replaced, "" when nothing contested it
 
 
@@ -45,14 +43,14 @@ def hold(
     incumbents: tuple[Target, ...],
     streak: int,
     changed_at: float | None,
-    candidate_for: Callable[[str, str], Candidate],
+    rows: Rows,
 ) -> Held:
-    """Apply hysteresis to the top `size` of `ranked`; candidate_for(region, path) builds an incumbent's own path."""
+    """Apply hysteresis to the top `size` of `ranked`; `rows` give an incumbent whose path is not its region's pick now."""
     desired = ranked[:size]
     if not incumbents:
-        return Held(ranked, tuple((c.region, c.path) for c in desired), 0, bool(desired), "")
+        return Held(ranked, tuple((c.region, c.path) for c in desired), 0, "")
     if len(desired) == len(incumbents) and all((c.region, c.path) == t for c, t in zip(desired, incumbents)):
-        return Held(ranked, incumbents, 0, False, "")  # the incumbents lead: nothing to contest
+        return Held(ranked, incumbents, 0, "")  # the incumbents lead: nothing to contest
     position = {c.region: i for i, c in enumerate(ranked)}
     held: list[Candidate] = []
     notes: list[str] = []
@@ -62,14 +60,14 @@ def hold(
             notes.append(f"left {region} at once (no longer a candidate)")
             continue
         if current.path != path:
-            own = candidate_for(region, path)
+            own = path_candidate(rows, plan, region, path)
             if not own.healthy or own.rtt_ms is None:
                 notes.append(f"left {region} via {path} at once ({own.health})")
                 continue
             margin = None if current.rtt_ms is None else current.rtt_ms - own.rtt_ms
             current = own._replace(path_margin_ms=margin)
         held.append(current)
-    moved = len(held) < len(incumbents)
+    moved = len(held) < len(incumbents)  # a vacancy: filling it, and a challenger's move, skip the dwell
     # a vacancy (or room to grow) is filled at once by the best candidates not already held
     taken = {c.region for c in held}
     for c in ranked:
@@ -125,4 +123,4 @@ def hold(
             )
     held_regions = {h.region for h in held}
     out = held + [c for c in ranked if c.region not in held_regions]
-    return Held(out, tuple((h.region, h.path) for h in held), new_streak, moved, "; ".join(notes))
+    return Held(out, tuple((h.region, h.path) for h in held), new_streak, "; ".join(notes))

@@ -42,6 +42,7 @@ class Plan:
     regions: tuple[RegionPlan, ...]
     order: Mapping[str, int]  # region -> position in the service's region list (the last tie-break)
     primary: Mapping[str, str]  # region -> its primary (free) path
+    answers: Mapping[tuple[str, str], str]  # (region, path) -> the answer it hands out
     forced_path: str | None  # a path every candidate must use, or None for the measured choice
     allowed: frozenset[str] | None  # the regions the group's fence allows, None when no fence matches
     geo_order: tuple[str, ...]  # geolocation: the group's mapped region, then the default ('*')
@@ -111,6 +112,7 @@ def compile_plan(config: "Config", service: "ServiceConfig", group: "GroupConfig
         regions=tuple(regions),
         order=MappingProxyType({n: i for i, n in enumerate(names)}),
         primary=MappingProxyType({r.name: r.paths[0][0] for r in regions}),
+        answers=MappingProxyType({(r.name, p): a for r in regions for p, a in r.paths}),
         forced_path=None if service.path == "auto" else service.path,
         allowed=allowed,
         geo_order=geo_order,

@@ -6,7 +6,7 @@ import functools
 from typing import Any, Callable, Mapping, NamedTuple
 
 from latency_router.decider import fence, first, geolocation, healthy, latency, multivalue, priority, proximity, sticky, weighted
-from latency_router.decider.candidates import Rows, build_candidates, path_candidate
+from latency_router.decider.candidates import Rows, build_candidates
 from latency_router.decider.decision import Candidate, Decision
 from latency_router.decider.hysteresis import Target, hold
 from latency_router.decider.plan import Plan
@@ -122,12 +122,7 @@ def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL) -> 
     if ranked and selector.name in HELD_SELECTORS:
         # weighted answers every candidate: hysteresis then damps each region's path choice
         size = {"first": 1, "weighted": len(ranked)}.get(selector.name, plan.count)
-
-        def candidate_for(region: str, path: str) -> Candidate:
-            answer = next(a for r in plan.regions if r.name == region for p, a in r.paths if p == path)
-            return path_candidate(rows, plan, region, path, answer)
-
-        held = hold(ranked, size, plan, now, state.incumbents, state.streak, state.changed_at, candidate_for)
+        held = hold(ranked, size, plan, now, state.incumbents, state.streak, state.changed_at, rows)
         ranked, incumbents, streak, note = held.ranked, held.incumbents, held.streak, held.note
     chosen = STEPS[selector.name].apply(ranked, plan, now) if ranked else []
     if chosen:
