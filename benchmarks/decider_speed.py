@@ -110,10 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     assert len(decisions) == len(decider.plans)
 
     # timed: every row gets one more sample, then snapshot + every decision
-    snap_s, decide_s, total_s = [], [], []
+    snap_s, decide_s, total_s, ingest_s = [], [], [], []
     for _ in range(args.recomputes):
         now += 1.0
+        gc.collect()
+        t0 = time.perf_counter()
         fill(table, truth, rng, 1, now)
+        ingest_s.append(time.perf_counter() - t0)
         gc.collect()
         t0 = time.perf_counter()
         snapshot = table.snapshot(now)
@@ -166,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             "snapshot_median": round(statistics.median(snap_s), 4),
             "decide_median": round(statistics.median(decide_s), 4),
             "unchanged_table": round(unchanged_s, 4),
+            "ingest_round_median": round(statistics.median(ingest_s), 4),
+            "interval_cpu_median": round(statistics.median([a + b for a, b in zip(ingest_s, total_s)]), 4),
             "runs": args.recomputes,
         },
         "baseline_recompute_s": round(baseline_recompute_s, 4),

@@ -129,6 +129,20 @@ def port(value: Any) -> int:
     return value
 
 
+def secret_ref(value: Any) -> str | None:
+    """A secret reference: 'env:NAME' (an environment variable) or 'file:PATH' (a file's first line); never the secret."""
+    if value is None:
+        return None
+    text = _need_str(value, "'env:NAME' or 'file:PATH' (string)")
+    kind, sep, rest = text.partition(":")
+    if not sep or kind not in ("env", "file") or not rest:
+        # never echo the value: it may be the secret itself, pasted where a reference belongs
+        raise ValueError("write 'env:NAME' or 'file:PATH' (the secret itself does not belong in the config)")
+    if kind == "env" and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", rest):
+        raise ValueError("env: needs an environment variable name (letters, digits, _)")
+    return text
+
+
 def listen(value: Any) -> tuple[str, int]:
     """A 'HOST:PORT' or '[V6]:PORT' listen address as (host, port)."""
     text = _need_str(value, "'HOST:PORT' (string)")

@@ -66,9 +66,16 @@ class AgentConfig(_Model):
 
 
 class ApiConfig(_Model):
-    """[api]: where the HTTP API listens; `listen` is 'HOST:PORT' (IPv6 as '[::1]:9180')."""
+    """[api]: where the HTTP API listens ('HOST:PORT', IPv6 as '[::1]:9180'), and its admin token.
+
+    `token` is a secret reference, 'env:NAME' or 'file:PATH'; with none, the admin endpoints are off.
+    """
 
     listen: Annotated[str, PlainValidator(lambda v: (fields.listen(v), v)[1])] = "127.0.0.1:9180"
+    token: Annotated[str | None, PlainValidator(fields.secret_ref)] = None
+    ready_grace_s: Annotated[Duration, Field(alias="ready_grace", gt=0)] = 30.0
+    max_body_bytes: Annotated[Int, Field(alias="max_body", ge=1024, le=64 * 2**20)] = 2**20
+    max_batch: Annotated[Int, Field(ge=1, le=100_000)] = 1000
 
     @property
     def host(self) -> str:
@@ -79,6 +86,13 @@ class ApiConfig(_Model):
     def port(self) -> int:
         """The listen port."""
         return fields.listen(self.listen)[1]
+
+
+class StoreConfig(_Model):
+    """[store]: where the table is snapshotted (SQLite, WAL) and how often; no [store] table means no persistence."""
+
+    path: Str
+    interval_s: Annotated[Duration, Field(alias="interval", gt=0)] = 5.0
 
 
 class ProbingConfig(_Model):
@@ -302,6 +316,7 @@ class Config(_Model):
     probing: ProbingConfig = ProbingConfig()
     health: HealthConfig = HealthConfig()
     table: TableSettings = TableSettings()
+    store: StoreConfig | None = None
     regions: Annotated[tuple[RegionConfig, ...], Field(min_length=1)]
     groups: tuple[GroupConfig, ...] = ()
     services: tuple[ServiceConfig, ...] = ()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from latency_router.decider.decision import WEIGHT_SCALE, Decision, share_weights
+from latency_router.decider.pins import Pin, apply_pin
 from latency_router.decider.plan import Plan, compile_plan
 from latency_router.gcpause import gc_paused
 from latency_router.decider.policy import INITIAL, PolicyState, decide, rows_for
@@ -38,11 +40,15 @@ class Decider:
         }
         self._states: dict[Key, PolicyState] = {}
         self._rows_seen: dict[Key, Any] = {}  # the rows mapping each decision was last made from
-        self._decisions: Mapping[Key, Decision] = MappingProxyType({})
+        self._live: Mapping[Key, Decision] = MappingProxyType({})  # the policies' own decisions, before pins
+        self._decisions: Mapping[Key, Decision] = MappingProxyType({})  # what is handed out: pins applied
+        self._drained: frozenset[str] = frozenset()
+        self._pins: dict[Key, Pin] = {}
+        self._snapshot: Any = None
 
     def evaluate(self, snapshot: Any, now: float) -> Mapping[Key, Decision]:
         """One evaluation of every (service, group); returns (and keeps) the read-only map of decisions."""
-        states, seen, last = self._states, self._rows_seen, self._decisions
+        states, seen, last = self._states, self._rows_seen, self._live
         out: dict[Key, Decision] = {}
         with gc_paused():
             for key, plan in self.plans.items():
@@ -58,8 +64,76 @@ class Decider:
                 out[key] = decision
                 # a decision that just moved explains the move; the next one from the same rows will not
                 seen[key] = rows if decision.changed_at != now else None
-        self._decisions = MappingProxyType(out)
+        self._live = MappingProxyType(out)
+        self._snapshot = snapshot
+        self._publish()
         return self._decisions
+
+    def _publish(self) -> None:
+        """Hand out the live decisions with the pins applied."""
+        if not self._pins:
+            self._decisions = self._live
+            return
+        out = dict(self._live)
+        for key, pin in self._pins.items():
+            if key in out:
+                rows = rows_for(self._snapshot, self.plans[key]) if self._snapshot is not None else {}
+                out[key] = apply_pin(out[key], pin, self.plans[key], rows)
+        self._decisions = MappingProxyType(out)
+
+    @property
+    def drained(self) -> frozenset[str]:
+        """The regions taken out of every decision."""
+        return self._drained
+
+    @property
+    def pins(self) -> Mapping[Key, Pin]:
+        """The pinned (service, group) pairs."""
+        return MappingProxyType(self._pins)
+
+    def set_drained(self, regions: Iterable[str]) -> None:
+        """Take these regions (and only these) out of every decision from the next evaluation on."""
+        drained = frozenset(regions)
+        if drained == self._drained:
+            return
+        self._drained = drained
+        self.plans = {k: dataclasses.replace(p, drained=drained) for k, p in self.plans.items()}
+        self._rows_seen.clear()  # the same rows now give another decision
+
+    def pin(self, service: str, group: str, region: str, path: str) -> None:
+        """Pin (service, group) to (region, path): KeyError naming what is unknown. Takes effect at once."""
+        plan = self.plans.get((service, group))
+        if plan is None:
+            raise KeyError(f"unknown (service, group): ({service}, {group})")
+        if (region, path) not in plan.answers:
+            raise KeyError(f"service {service} has no path {path} in region {region}")
+        self._pins[(service, group)] = Pin(region, path)
+        self._publish()
+
+    def unpin(self, service: str, group: str) -> bool:
+        """Remove a pin; False when there was none. Takes effect at once."""
+        found = self._pins.pop((service, group), None) is not None
+        self._publish()
+        return found
+
+    def adopt(self, old: "Decider") -> None:
+        """Carry over, from the Decider of the previous config, what still applies: the state and last decision of
+        every (service, group) whose plan is unchanged, the drained regions and the pins that still name real things."""
+        live = {}
+        for key, plan in self.plans.items():
+            before = old.plans.get(key)
+            # metric_of is an attrgetter, equal only to itself: the metric's name stands for it
+            if before is not None and dataclasses.replace(before, drained=plan.drained, metric_of=plan.metric_of) == plan:
+                if key in old._states:
+                    self._states[key] = old._states[key]
+                if key in old._live:
+                    live[key] = old._live[key]
+        self._live = MappingProxyType(live)
+        regions = {r for p in self.plans.values() for r, _ in p.answers}
+        self.set_drained(old._drained & regions)
+        self._pins = {k: pin for k, pin in old._pins.items() if k in self.plans and pin in self.plans[k].answers}
+        self._snapshot = old._snapshot
+        self._publish()
 
     @property
     def decisions(self) -> Mapping[Key, Decision]:

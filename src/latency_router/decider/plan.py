@@ -64,6 +64,7 @@ class Plan:
     all_down: str
     fallback: tuple[str, ...]
     row_groups: tuple[str, ...]  # where the group's rows are: under its own name, else its vantage's
+    drained: frozenset[str] = frozenset()  # regions an operator took out of every decision (admin drain)
 
 
 def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -133,5 +134,6 @@ def compile_plan(config: "Config", service: "ServiceConfig", group: "GroupConfig
         ttl=math.ceil(service.ttl_s),  # a DNS TTL is whole seconds: 500ms is 1, never 0
         all_down=service.all_down,
         fallback=service.fallback,
-        row_groups=tuple(dict.fromkeys(n for n in (group.name, group.vantage) if n)),
+        # until remote agents exist every group is measured by a vantage, by default the local agent (DESIGN.md)
+        row_groups=tuple(dict.fromkeys(n for n in (group.name, group.vantage or config.agent.name) if n)),
     )

@@ -27,6 +27,7 @@ STEPS: dict[str, Any] = {
     "sticky": sticky,
 }
 HELD_SELECTORS = ("first", "multivalue", "sticky", "weighted")
+DRAINED = "drained"  # what a drained region's candidate is excluded as: before every step, fail-open included
 
 
 class PolicyState(NamedTuple):
@@ -54,6 +55,10 @@ def _run(cands: list[Candidate], plan: Plan, now: float, skip_healthy: bool) -> 
     """Run the filters and the sorter; return (ranked, excluded with their reasons)."""
     excluded: list[Candidate] = []
     current = cands
+    drained = plan.drained
+    if drained:
+        excluded = [c._replace(excluded=DRAINED) for c in cands if c.region in drained]
+        current = [c for c in cands if c.region not in drained]
     for name, apply, label in _compiled(plan.steps):
         if skip_healthy and name == "healthy":
             continue
@@ -145,6 +150,8 @@ def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL) -> 
         down = [c.region for c in excluded if c.excluded == healthy.EXCLUDED]
         if down and not fallback:
             parts.append("down: " + ", ".join(down))
+        if drained := [c.region for c in excluded if c.excluded == DRAINED]:
+            parts.append("drained by an operator: " + ", ".join(drained))
         reason = "; ".join(parts)
         path_margin = top.path_margin_ms
     elif not any(c.excluded == healthy.EXCLUDED for c in excluded):
