@@ -831,3 +831,20 @@ def test_a_path_without_a_row_is_not_healthy_when_the_group_has_other_rows():
     # eu-west-1 has only an accelerator row, and it is down; us-east-1 is down too
     decision = once(plan, rows({EU: (None, 30.0), US: (80.0, 90.0)}, (EU, US)))
     assert decision.answers == () and decision.fallback == "none"
+
+
+def test_a_row_set_up_but_not_yet_measured_keeps_the_decision_provisional():
+    # the daemon creates a row for every target before its first round: a decision then waits for all of them
+    config = config_for('policy = "latency"\n' + NO_DWELL)
+    table = LatencyTable(TableConfig.from_settings(config.probing, config.health))
+    for region in (EU, US):
+        for path in ("direct", "accelerator"):
+            table.ensure(("eu", region, path))
+    decider = Decider(config)
+    for n, (region, path, rtt_ms) in enumerate([(EU, "direct", 20.0), (US, "direct", 80.0), (US, "accelerator", 90.0),
+                                                 (EU, "accelerator", 15.0)]):
+        table.add_sample(("eu", region, path), Sample(target="t", kind="udp", sent_at=n, rtt_ms=rtt_ms), n)
+        table.add_round(("eu", region, path), 0.0, n)
+        d = decider.evaluate(table.snapshot(n), float(n))[("s", "eu")]
+        assert d.basis == ("measured" if n == 3 else "provisional"), (n, d.reason)
+    assert (d.region, d.path) == (EU, "accelerator")  # no incumbent held from the partial picture

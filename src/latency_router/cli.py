@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             return lab_main(*loaded)
         from latency_router.daemon import run_main
 
-        return run_main(*loaded)
+        return run_main(*loaded, config_path=args.config)
     raise AssertionError(args.command)
 
 

@@ -35,7 +35,7 @@ def build_candidates(rows: Rows, plan: Plan) -> tuple[list[Candidate], bool]:
     """One candidate per region of the service, in the service's region order; and whether the picture is incomplete.
 
     Each region goes over its primary path, unless another healthy path beats it by the path margin, or the
-    primary is down and another path is healthy. Incomplete: some healthy row was probed but has no RTT yet.
+    primary is down and another path is healthy. Incomplete: some healthy row (probed, or set up to be) has no RTT yet.
     """
     metric = plan.metric_of
     margin_ms, ratio = plan.path_margin_ms, plan.path_margin_ratio
@@ -53,8 +53,8 @@ def build_candidates(rows: Rows, plan: Plan) -> tuple[list[Candidate], bool]:
             rtt, health, ok = None, "none", unmeasured
         else:
             rtt, health, ok = metric(row), row.health, row.healthy
-            if rtt is None and ok and row.samples:
-                missing = True
+            if rtt is None and ok:
+                missing = True  # probed (or set up to be) and healthy, but no RTT yet
         best = None
         for other_path, other_answer, other_key in region.others:
             other = get(other_key)
@@ -62,7 +62,7 @@ def build_candidates(rows: Rows, plan: Plan) -> tuple[list[Candidate], bool]:
                 continue
             value = metric(other)
             if value is None:
-                missing = missing or other.samples > 0
+                missing = True
             elif best is None or value < best[0]:
                 best = (value, other_path, other_answer, other.health)
         if best is None:

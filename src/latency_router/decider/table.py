@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+import sys
 from array import array
 from bisect import bisect_left, insort
 from dataclasses import dataclass
@@ -242,6 +243,15 @@ _snap_of = attrgetter("snap")
 _HEALTH = RowSnapshot._fields.index("health")
 
 
+# export_state(): the format number and each row's fields, in order. window: the RTT ring as float64 bytes in the
+# exporting machine's byte order (array("d").tobytes()); next_out: the index of the oldest RTT once the ring is full.
+_STATE_FORMAT = 1
+_STATE_FIELDS = (
+    "group", "region", "path", "state", "fail_run", "good_run", "samples", "lost", "loss_bits",
+    "updated_at", "ewma_at", "w_sum", "w_total", "jitter", "window", "next_out",
+)
+
+
 class LatencyTable:
     """Per (group, region, path) statistics and health, fed by samples and rounds, read through snapshots."""
 
@@ -278,6 +288,46 @@ class LatencyTable:
     def ensure(self, key: tuple[str, str, str]) -> None:
         """Create the row if it is missing, so it shows as unknown before any data."""
         self._row(key)
+
+    def export_state(self) -> dict[str, Any]:
+        """Every row's whole state as plain versioned data, rows in the order they came; restore_state takes it back."""
+        rows: list[tuple[Any, ...]] = []
+        append = rows.append
+        with gc_paused():
+            for row in self._rows.values():
+                data = row.data
+                append((
+                    *row.key, row.state._value_, row.fail_run, row.good_run, row.samples, row.lost, row.loss_bits,
+                    row.updated_at, row.ewma_at, data[0], data[1], data[2], row.window.tobytes(), row.next_out,
+                ))
+        return {
+            "format": _STATE_FORMAT, "fields": _STATE_FIELDS, "window_samples": self._window,
+            "byteorder": sys.byteorder, "rows": rows,
+        }
+
+    def restore_state(self, state: Mapping[str, Any], *, keep: Callable[[RowKey], bool] | None = None) -> int:
+        """Rebuild rows from an export_state() result (those `keep` accepts), all or nothing; ValueError names a field.
+
+        A row of the same key is replaced. A smaller window_samples keeps the newest RTTs and outcomes, which is exactly
+        what this table would hold had it seen the same samples; a larger one starts with what was kept.
+        """
+        with gc_paused():
+            parsed = _parse_state(state, self._window, keep)
+            for key, values, window, next_out, ordered in parsed:
+                row = self._rows.get(key)
+                if row is None:
+                    row = self._row(key)
+                elif row.snap is not None:
+                    row.snap = None
+                    row.group.dirty.append(row)
+                (row.state, row.fail_run, row.good_run, row.samples, row.lost, row.loss_bits,
+                 row.updated_at, row.ewma_at, w_sum, w_total, jitter) = values
+                row.loss_bits &= self._loss_mask
+                row.window = window
+                row.next_out = next_out
+                row.data = data = array("d", (w_sum, w_total, jitter))
+                data.fromlist(sorted(ordered))  # stable: equal RTTs keep arrival order, as insort does
+        return len(parsed)
 
     def add_sample(self, key: tuple[str, str, str], sample: Sample, now: float) -> None:
         """Fold one probe result into its row; a lost sample counts towards loss and nothing else."""
@@ -514,3 +564,110 @@ class LatencyTable:
             ))
             append(snap)
         return snaps
+
+
+def _parse_state(
+    state: Mapping[str, Any], window_now: int, keep: Callable[[RowKey], bool] | None
+) -> list[tuple[RowKey, tuple[Any, ...], array, int, array]]:
+    """Check an export_state() result whole; each kept row's key, scalars, ring, next_out and RTTs in arrival order."""
+    if not isinstance(state, Mapping):
+        raise ValueError(f"state: expected a mapping, got {type(state).__name__}")
+    if state.get("format") != _STATE_FORMAT:
+        raise ValueError(f"format: unsupported state format {state.get('format')!r}, this table reads {_STATE_FORMAT}")
+    if tuple(state.get("fields", _STATE_FIELDS)) != _STATE_FIELDS:
+        raise ValueError(f"fields: expected {list(_STATE_FIELDS)}, got {list(state['fields'])}")
+    window_then = state.get("window_samples")
+    if type(window_then) is not int or window_then < 1:
+        raise ValueError(f"window_samples: expected an int >= 1, got {window_then!r}")
+    byteorder = state.get("byteorder")
+    if byteorder not in ("little", "big"):
+        raise ValueError(f"byteorder: expected 'little' or 'big', got {byteorder!r}")
+    swap = byteorder != sys.byteorder
+    rows = state.get("rows")
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Iterable):
+        raise ValueError(f"rows: expected a sequence of rows, got {type(rows).__name__}")
+    out: list[tuple[RowKey, tuple[Any, ...], array, int, array]] = []
+    seen: set[RowKey] = set()
+    restorable = {h.value: h for h in (HealthState.UP, HealthState.DOWN, HealthState.UNKNOWN)}  # stale is computed
+    unknown = HealthState.UNKNOWN
+    i = 0
+    fields: Any = ()
+
+    def bad(field: str, problem: str) -> ValueError:
+        where = f"rows[{i}]" if len(fields) < 3 else f"rows[{i}] ({fields[0]}, {fields[1]}, {fields[2]})"
+        return ValueError(f"{where}.{field}: {problem}")
+
+    for i, fields in enumerate(rows):  # noqa: B007 - bad() reads i and fields
+        if not isinstance(fields, Sequence) or len(fields) != len(_STATE_FIELDS):
+            fields = ()
+            raise bad("fields", f"expected a sequence of {len(_STATE_FIELDS)}")
+        (group, region, path, state_name, fail_run, good_run, samples, lost, loss_bits,
+         updated_at, ewma_at, w_sum, w_total, jitter, window, next_out) = fields
+        if not (type(group) is str and type(region) is str and type(path) is str and group and region and path):
+            raise bad("group", "group, region and path must be non-empty strings")
+        key = RowKey(group, region, path)
+        if key in seen:
+            raise bad("group", "the same (group, region, path) appears twice")
+        seen.add(key)
+        health = restorable.get(state_name) if type(state_name) is str else None
+        if health is None:
+            raise bad("state", f"expected one of {sorted(restorable)}, got {state_name!r:.80}")
+        for name, number in zip(("fail_run", "good_run", "samples", "lost", "loss_bits", "next_out"),
+                                (fail_run, good_run, samples, lost, loss_bits, next_out)):
+            if type(number) is not int or number < 0:
+                raise bad(name, f"expected an int >= 0, got {number!r:.80}")
+        if fail_run and good_run:
+            raise bad("good_run", f"fail_run ({fail_run}) and good_run ({good_run}) cannot both run")
+        if good_run and health is unknown:
+            raise bad("good_run", f"an unknown row has had no good round, got {good_run}")
+        if lost > samples:
+            raise bad("lost", f"more lost ({lost}) than samples ({samples})")
+        if loss_bits.bit_length() > samples or loss_bits.bit_length() > window_then:
+            raise bad("loss_bits", f"more outcomes than min(samples, window_samples) = {min(samples, window_then)}")
+        if loss_bits.bit_count() > lost:
+            raise bad("loss_bits", f"more losses in the window than lost ({lost})")
+        if updated_at is None:
+            if samples or fail_run or good_run or health is not unknown:
+                raise bad("updated_at", "missing on a row that has samples or rounds")
+        elif type(updated_at) is not float and type(updated_at) is not int or updated_at != updated_at:
+            raise bad("updated_at", f"expected a number or None, got {updated_at!r:.80}")
+        for name, number in zip(("ewma_at", "w_sum", "w_total", "jitter"), (ewma_at, w_sum, w_total, jitter)):
+            if type(number) is not float and type(number) is not int or number != number:
+                raise bad(name, f"expected a number, got {number!r:.80}")
+        if not jitter >= 0:
+            raise bad("jitter", f"must be >= 0, got {jitter}")
+        if type(window) is not bytes and type(window) is not bytearray:
+            raise bad("window", f"expected float64 bytes, got {type(window).__name__}")
+        if len(window) % 8:
+            raise bad("window", f"{len(window)} bytes is not a whole number of float64 RTTs")
+        ring = array("d")
+        ring.frombytes(window)
+        if swap:
+            ring.byteswap()
+        n = len(ring)
+        if n > window_then or n > samples - lost:
+            raise bad("window", f"{n} RTTs: more than window_samples ({window_then}) or samples - lost")
+        if next_out and (n < window_then or next_out >= n):
+            raise bad("next_out", f"{next_out} points outside a full ring of {window_then}, holding {n} RTTs")
+        if not n and (w_sum or w_total or jitter):
+            raise bad("w_total", "EWMA weights or jitter without any RTT")
+        if n and not 1.0 <= w_total < math.inf:
+            raise bad("w_total", f"must be finite and >= 1 once RTTs exist, got {w_total}")
+        if keep is not None and not keep(key):
+            continue
+        if next_out:
+            ordered = ring[next_out:] + ring[:next_out]
+        else:
+            ordered = ring
+        if n > window_now:
+            ring = ordered = ordered[n - window_now:]  # the newest window_now
+            next_out = 0
+        elif next_out and n != window_now:
+            ring, next_out = ordered, 0  # a ring that grew appends after its newest RTT
+        total = sum(ordered)
+        if total != total and any(map(math.isnan, ordered)):
+            raise bad("window", "an RTT is NaN")
+        out.append((key, (health, fail_run, good_run, samples, lost, loss_bits, float(updated_at)
+                          if updated_at is not None else None, float(ewma_at), float(w_sum), float(w_total),
+                          float(jitter)), ring, next_out, ordered))
+    return out

@@ -1,0 +1,1 @@
+"""Exporters: what reads decisions and the table and publishes them (Prometheus metrics; DNS providers)."""
