@@ -136,7 +136,9 @@ def test_kill_9_then_a_restart_keeps_the_table_and_its_health(daemons, tmp_path)
     store = tmp_path / "state.db"
     dark = ("us-east-1", "direct")  # dark all along: down before the kill, and down again from its first round after
     events = f'[[lab.events]]\nregion = "{dark[0]}"\npath = "{dark[1]}"\nkind = "outage"\nstart = "0s"\nend = "600s"\n'
-    config = lab_config(free_port(), events=events, extra_top=f'[store]\npath = "{store}"\ninterval = "1s"\n\n')
+    config = lab_config(free_port(), events=events).replace(
+        'path = "latency-router-lab.db"\ninterval = "5s"', f'path = "{store}"\ninterval = "1s"')
+    assert str(store) in config
     d = daemons(config)
     d.wait_serving()
 
