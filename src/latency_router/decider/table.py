@@ -653,6 +653,9 @@ def _parse_state(
             raise bad("w_total", "EWMA weights or jitter without any RTT")
         if n and not 1.0 <= w_total < math.inf:
             raise bad("w_total", f"must be finite and >= 1 once RTTs exist, got {w_total}")
+        total = sum(ring)
+        if total != total and any(map(math.isnan, ring)):
+            raise bad("window", "an RTT is NaN")
         if keep is not None and not keep(key):
             continue
         if next_out:
@@ -664,9 +667,6 @@ def _parse_state(
             next_out = 0
         elif next_out and n != window_now:
             ring, next_out = ordered, 0  # a ring that grew appends after its newest RTT
-        total = sum(ordered)
-        if total != total and any(map(math.isnan, ordered)):
-            raise bad("window", "an RTT is NaN")
         out.append((key, (health, fail_run, good_run, samples, lost, loss_bits, float(updated_at)
                           if updated_at is not None else None, float(ewma_at), float(w_sum), float(w_total),
                           float(jitter)), ring, next_out, ordered))

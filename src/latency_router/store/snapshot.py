@@ -9,19 +9,20 @@ and -shm follow it), logged and reported; the table is then left as it was: noth
 Durability: journal_mode=WAL with synchronous=FULL. FULL costs one fsync of the WAL per save, which runs in the
 writer thread every few seconds; in exchange a committed save also survives a power loss or an OS crash. NORMAL
 would survive `kill -9` just as well but, after a power loss, could roll back every save since the last checkpoint
-(several intervals for a table smaller than the 4 MB auto-checkpoint), which breaks the one-interval promise.
+(several intervals for a table smaller than the 16 MB auto-checkpoint), which breaks the one-interval promise.
 
 Saving from the event loop (the daemon's contract):
 
     prepared = store.prepare(table, wall_time=time.time(), meta={"config_fingerprint": fp})  # in the loop
     result = await asyncio.to_thread(store.write, prepared)                                  # off the loop
 
-`prepare` copies the table's state (`LatencyTable.export_state`; about 4 us a row) and must run where the table is
-mutated, so that no sample lands half-way through the copy; the result owns its data (immutable bytes and tuples),
-so the table may change at once. `write` does the encoding and all SQLite I/O, holding the GIL only for short
-stretches; it may run in any thread, and writes are serialised by a lock (two saves never interleave; call it
-again only after the previous one returned, or they queue). `save_async` does both. A cancelled `save_async` still
-finishes or rolls back its transaction in the thread: the file is never left half-written.
+`prepare` copies the table's state (`LatencyTable.export_state`, a few microseconds a row: about 7 ms for 2,100
+rows of 256 RTTs) and must run where the table is mutated, so that no sample lands half-way through the copy; the
+result owns its data (bytes and tuples), so the table may change at once. `write` does the encoding and all SQLite
+I/O; it may run in any thread (its Python part shares the GIL with the loop at the interpreter's switch interval,
+SQLite's part releases it), and writes are serialised by a lock: two saves never interleave, a second one waits.
+`save_async` does both. A cancelled `save_async` still finishes or rolls back its transaction in the thread: the
+file is never left half-written. `load` opens the file read-only; it runs once, at start, before the first save.
 """
 
 from __future__ import annotations
@@ -365,7 +366,9 @@ class SnapshotStore:
 
     def _read(self) -> tuple[dict[str, Any] | None, float, dict[str, Any]]:
         """The file's export_state() form, its save time and the caller's meta; _Unusable says what is wrong."""
-        conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        # Read-only: SQLite would otherwise delete a -wal it finds beside a file it cannot use (the evidence).
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
