@@ -104,3 +104,12 @@ def test_a_reloaded_decider_adopts_unchanged_plans_state_drains_and_pins():
     changed.adopt(old)
     assert changed.state("s", "eu").streak == 0
     assert changed.lookup("s", "eu") is None and changed.lookup("s", "us") is None
+
+
+def test_a_drained_region_is_not_handed_out_again_as_the_last_known_good():
+    decider = Decider(config_for('policy = "latency"\nall_down = "last-known-good"\n' + NO_DWELL))
+    assert evaluate(decider)[("s", "eu")].region == EU  # the last good decision names eu-west-1
+    decider.set_drained({EU})
+    d = evaluate(decider, down=[r for r in BASE if r != EU], times=[1.0])[("s", "eu")]
+    assert d.region != EU and EU not in d.answers
+    assert d.fallback == "last-known-good" and d.answers == ()  # nothing good is left to hand out

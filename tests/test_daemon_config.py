@@ -63,3 +63,19 @@ def test_unresolvable_secrets_name_the_field(ref, words, monkeypatch):
     monkeypatch.setenv("LR_TEST_EMPTY", "  ")
     with pytest.raises(SecretError, match=words):
         resolve_secret(ref, "api.token")
+
+
+@pytest.mark.parametrize("api_before, api_after, words", [
+    ('token = "env:A"', 'token = "env:B"', "api.token: changed"),
+    ('', 'token = "env:B"', "api.token: changed"),
+    ('max_body = 65536', 'max_body = 131072', "api.max_body: changed"),
+    ('max_batch = 10', 'max_batch = 20', "api.max_batch: changed"),
+    ('', 'listen = "127.0.0.1:9999"', "api.listen: changed"),
+])
+def test_a_reload_refuses_what_only_a_restart_applies(api_before, api_after, words):
+    from latency_router.daemon import restart_only_changes
+
+    old = parse_config(f"[api]\n{api_before}\n" + MINIMAL_CONFIG)
+    new = parse_config(f"[api]\n{api_after}\n" + MINIMAL_CONFIG)
+    assert any(p.startswith(words) for p in restart_only_changes(old, new))
+    assert restart_only_changes(old, old) == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -96,6 +97,8 @@ def test_every_dashboard_and_alert_expression_returns_data_from_a_real_prometheu
     daemon = Daemon(workdir, token_config, env={"LR_LIVE_TOKEN": "live-test-token"})
     try:
         daemon.wait_serving()
+        lab_t0 = float(daemon.wait_until(lambda: re.search(r"event clock started at ([\d.]+)", daemon.stdout()), 20.0,
+                                         "the lab's t0").group(1))
         prom = prometheus(port)
         daemon.wait_until(lambda: has_data(query(prom, "latency_router_table_rtt_ewma_seconds")), 20.0, "a first scrape")
         # outside the outage (it starts at OUTAGE_AT_S): every panel and every alert's value has data
@@ -109,6 +112,7 @@ def test_every_dashboard_and_alert_expression_returns_data_from_a_real_prometheu
             if not has_data(answer):
                 missing[name] = expr
         assert not missing, f"no data for: {missing}"
+        assert time.time() < lab_t0 + OUTAGE_AT_S, "the checks outside the outage ran into it: start it later"
 
         # inject: decisions toggled by pins (more than 6 changes), a refused reload, event-loop stalls
         for i in range(8):

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -70,6 +71,10 @@ def restart_only_changes(old: "Config", new: "Config") -> list[str]:
 
     if old.lab != new.lab or (old.lab is not None and emulated(old) != emulated(new)):
         problems.append("lab: the emulated regions changed; the lab needs a restart")
+    for key in ("token", "max_body_bytes", "max_batch"):
+        if getattr(old.api, key) != getattr(new.api, key):
+            # the HTTP application holds these from its start: a reload that changed them would claim what is not so
+            problems.append(f"api.{key.removesuffix('_bytes')}: changed; the HTTP API needs a restart to apply it")
     if (old.store and old.store.path) != (new.store and new.store.path):
         problems.append("store.path: changed; the snapshot store needs a restart")
     return problems
@@ -98,6 +103,7 @@ class Daemon:
         self._started_mono = time.monotonic()
         self._last_eval_mono: float | None = None
         self._running = False
+        self._hung = False
         self._evaluate_soon: asyncio.Event | None = None  # set by a failed round: decide now, not at the next tick
         self.lab: Any = None
         self.store: Any = None
@@ -375,7 +381,10 @@ class Daemon:
     async def _reporting(self) -> None:
         while True:
             await asyncio.sleep(REPORT_EVERY_S)
-            print("\n".join(self.report_lines()), flush=True)
+            try:
+                print("\n".join(self.report_lines()), flush=True)
+            except Exception:  # noqa: BLE001 - a closed stdout (or a report bug) must not take the daemon down
+                log.exception("the live view failed")
 
     def report_lines(self) -> list[str]:
         """The live view: each path's p50 and minimum beside the lab's truth, then every decision."""
@@ -444,6 +453,9 @@ class Daemon:
             self._running = False
             if self.lab is not None:
                 await self.lab.stop()
+            if self._hung:
+                logging.shutdown()
+                os._exit(1)
 
     async def _run_tasks(self, stop: asyncio.Event, hup: asyncio.Event, duration_s: float | None, runner: Any) -> int:
         async with asyncio.TaskGroup() as tg:
@@ -476,6 +488,7 @@ class Daemon:
             except TimeoutError:
                 log.error("shutdown: %s took longer than %g s; exiting anyway", step, SHUTDOWN_TIMEOUT_S)
                 probing.cancel()
+                self._hung = True  # run() stops the lab, then exits at once: a hung thread must not hold the exit
                 return 1
         print("\n".join(self.report_lines()), flush=True)
         return 0

@@ -102,7 +102,8 @@ def _path_reason(chosen: Candidate, plan: Plan) -> str:
 
 def _all_down(plan: Plan, now: float, state: PolicyState) -> tuple[str, tuple[str, ...], str | None, str | None, float | None, str, str]:
     """(fallback, answers, region, path, rtt_ms, basis, reason) when no candidate is left."""
-    if plan.all_down == "last-known-good" and state.last_good is not None:
+    # a drained region is out of every decision: its last good answers are not handed out again
+    if plan.all_down == "last-known-good" and state.last_good is not None and state.last_good.region not in plan.drained:
         g = state.last_good
         why = f"every region is down: last known good {g.region} via {g.path}, decided at t={g.evaluated_at:.0f}"
         return "last-known-good", g.answers, g.region, g.path, g.rtt_ms, g.basis, why
