@@ -33,7 +33,7 @@ from latency_router.api.backend import AdminError
 from latency_router.config import ConfigError, load_config
 from latency_router.decider.engine import Decider
 from latency_router.decider.groups import GroupIndex
-from latency_router.decider.table import LatencyTable, RowKey, TableConfig, TableSnapshot
+from latency_router.decider.table import HealthState, LatencyTable, RowKey, TableConfig, TableSnapshot
 from latency_router.durations import format_duration
 from latency_router.probes import EngineCounters, make_prober
 from latency_router.probes.scheduler import Round, Scheduler
@@ -59,6 +59,16 @@ def table_config(cfg: "Config") -> TableConfig:
 def probe_targets(cfg: "Config") -> dict[str, tuple[str, str, str]]:
     """Every probe target of a config: its scheduler key 'region/path' -> (region, path, probe URL)."""
     return {f"{r.name}/{p.name}": (r.name, p.name, p.probe) for r in cfg.regions for p in r.paths}
+
+
+def public_url(url: str) -> str:
+    """A probe URL as the API shows it: no user info and no query (either may carry a credential)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def restart_only_changes(old: "Config", new: "Config") -> list[str]:
@@ -93,12 +103,11 @@ class Daemon:
         self.decider = Decider(cfg)
         self.groups = GroupIndex.from_config(cfg)
         self._targets = probe_targets(cfg)
-        self._scheduler = self._new_scheduler(cfg)
+        self._scheduler = self._new_scheduler(cfg, self._targets)
         self._ensure_rows()
         self._snapshot: TableSnapshot = self.latency_table.snapshot(clock())
         self._published: Mapping[tuple[str, str], tuple[Any, ...]] = MappingProxyType({})
         self._rounds_done: set[str] = set()
-        self._fail_runs: dict[str, int] = {}  # failed rounds in a row per target, as the table counts them
         self._ready_at: float | None = None
         self._started_mono = time.monotonic()
         self._last_eval_mono: float | None = None
@@ -117,8 +126,8 @@ class Daemon:
 
     # ---- wiring ----------------------------------------------------------------------------------------------
 
-    def _new_scheduler(self, cfg: "Config") -> Scheduler:
-        targets = [(key, make_prober(url, self.counters)) for key, (_, _, url) in self._targets.items()]
+    def _new_scheduler(self, cfg: "Config", targets_by_key: dict[str, tuple[str, str, str]]) -> Scheduler:
+        targets = [(key, make_prober(url, self.counters)) for key, (_, _, url) in targets_by_key.items()]
         p = cfg.probing
         return Scheduler(targets, interval_s=p.interval_s, timeout_s=p.timeout_s, samples=p.samples,
                          max_in_flight=p.max_in_flight, on_round=self._on_round)
@@ -134,16 +143,15 @@ class Daemon:
         if spec is None:
             return
         region, path, url = spec
-        self.latency_table.add_round_result(RowKey(self._cfg.agent.name, region, path), rnd, self.clock())
+        key = RowKey(self._cfg.agent.name, region, path)
+        table = self.latency_table
+        was = table.health(key)
+        table.add_round_result(key, rnd, self.clock())
         self.metrics_registry.observe_round(region, path, urlsplit(url).scheme, rnd)
-        if rnd.loss_ratio >= self._cfg.probing.loss_threshold:
-            failed = self._fail_runs[rnd.target] = self._fail_runs.get(rnd.target, 0) + 1
-            if failed == self._cfg.health.fail_after and self._evaluate_soon is not None:
-                # this round took the row down: leave a dead region now, not up to an interval later (only then, so
-                # that hysteresis still counts one evaluation per interval)
-                self._evaluate_soon.set()
-        else:
-            self._fail_runs[rnd.target] = 0
+        if was is not HealthState.DOWN and table.health(key) is HealthState.DOWN and self._evaluate_soon is not None:
+            # this round took the row down: leave a dead region now, not up to an interval later (only then, so
+            # that hysteresis still counts one evaluation per interval)
+            self._evaluate_soon.set()
         if self._ready_at is None:
             self._rounds_done.add(rnd.target)
             if self._rounds_done >= self._targets.keys():
@@ -197,7 +205,7 @@ class Daemon:
             paths = []
             for p in r.paths:
                 row = self._snapshot.get(agent, r.name, p.name)
-                paths.append({"name": p.name, "answer": p.answer, "probe": p.probe,
+                paths.append({"name": p.name, "answer": p.answer, "probe": public_url(p.probe),
                               "health": "none" if row is None else str(row.health)})
             out.append({"name": r.name, "lat": r.lat, "lon": r.lon, "drained": r.name in drained, "paths": paths})
         return out
@@ -318,12 +326,14 @@ class Daemon:
         decider = Decider(new)
         decider.adopt(self.decider)
         probing_changed = old.probing != new.probing or old_targets != new_targets
+        # everything is built before anything is swapped: a failure above leaves the old config whole
+        scheduler = self._new_scheduler(new, new_targets) if probing_changed else None
+        self._targets = new_targets
         self._cfg, self.token, self.latency_table, self.decider = new, token, table, decider
         self.groups = GroupIndex.from_config(new)
-        self._targets = new_targets
         self._ensure_rows()
-        if probing_changed:
-            scheduler, self._scheduler = self._scheduler, self._new_scheduler(new)
+        if scheduler is not None:
+            scheduler, self._scheduler = self._scheduler, scheduler
             scheduler.stop()  # _probing() runs the new one as soon as the old one returns
         self.evaluate()
         self.metrics_registry.retain(paths={(r, p) for r, p, _ in new_targets.values()}, decisions=set(decider.plans))
@@ -362,7 +372,9 @@ class Daemon:
         if self.store is None:
             return
         try:
-            prepared = self.store.prepare(self.latency_table, wall_time=self.clock())
+            # the probe URL of every row's target: a restart keeps a row only while its target is the same
+            meta = {"vantage": self._cfg.agent.name, "targets": {k: url for k, (_, _, url) in self._targets.items()}}
+            prepared = self.store.prepare(self.latency_table, wall_time=self.clock(), meta=meta)
             await asyncio.to_thread(self.store.write, prepared)
         except Exception:  # noqa: BLE001 - a failed save is reported; the next one tries again
             log.exception("snapshot save to %s failed", self._cfg.store.path if self._cfg.store else "?")
@@ -494,13 +506,20 @@ class Daemon:
         return 0
 
     def _restore(self) -> None:
-        agent = self._cfg.agent.name
-        wanted = {(agent, region, path) for region, path, _ in self._targets.values()}
-        result = self.store.load(self.latency_table, keep=lambda k: tuple(k) in wanted)
+        """Restore the rows of targets that are the same as when they were saved (vantage, region, path, probe URL)."""
+        scratch = LatencyTable(table_config(self._cfg))
+        result = self.store.load(scratch, keep=None)
         if result.problem:
             log.error("snapshot store: %s", result.problem)
-        elif result.restored:
-            log.info("snapshot store: restored %d rows, %.1f s old", result.restored, result.age_s or 0.0)
+            return
+        saved = result.meta.get("targets", {}) if result.meta.get("vantage") == self._cfg.agent.name else {}
+        agent = self._cfg.agent.name
+        same = {(agent, region, path) for key, (region, path, url) in self._targets.items() if saved.get(key) == url}
+        restored = self.latency_table.restore_state(scratch.export_state(), keep=lambda k: tuple(k) in same)
+        if result.restored:
+            log.info("snapshot store: restored %d rows, %.1f s old (%d of other or changed targets left out)",
+                     restored, result.age_s or 0.0, result.restored - restored)
+            self._ensure_rows()
 
 
 def run_main(cfg: "Config", duration_s: float | None, config_path: str | None = None) -> int:

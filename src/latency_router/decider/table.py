@@ -289,6 +289,11 @@ class LatencyTable:
         """Create the row if it is missing, so it shows as unknown before any data."""
         self._row(key)
 
+    def health(self, key: tuple[str, str, str]) -> HealthState | None:
+        """The row's health machine state now (up, down or unknown; staleness is a snapshot's judgement), or None."""
+        row = self._rows.get(key)  # type: ignore[call-overload]
+        return None if row is None else row.state
+
     def export_state(self) -> dict[str, Any]:
         """Every row's whole state as plain versioned data, rows in the order they came; restore_state takes it back."""
         rows: list[tuple[Any, ...]] = []
