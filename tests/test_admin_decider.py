@@ -113,3 +113,14 @@ def test_a_drained_region_is_not_handed_out_again_as_the_last_known_good():
     d = evaluate(decider, down=[r for r in BASE if r != EU], times=[1.0])[("s", "eu")]
     assert d.region != EU and EU not in d.answers
     assert d.fallback == "last-known-good" and d.answers == ()  # nothing good is left to hand out
+
+
+def test_while_warming_decisions_are_provisional_and_no_incumbent_is_held():
+    # after a restart: a first fresh round of a slower path must not become an incumbent that hysteresis defends
+    decider2 = Decider(config_for('policy = "latency"'))
+    first = decider2.evaluate(FakeSnapshot({"eu": rows({**BASE, US: (5.0, 6.0)})}), 0.0, warming=True)[("s", "eu")]
+    assert first.basis == "provisional" and first.region == US
+    assert "not every path has been probed since the start" in first.reason
+    # the picture is complete: the best region now wins at once, with no dwell or streak against the warm-up choice
+    after = decider2.evaluate(FakeSnapshot({"eu": rows(BASE)}), 1.0)[("s", "eu")]
+    assert (after.region, after.basis) == (EU, "measured")

@@ -15,10 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 ROW = re.compile(r"^(\S+/\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+|down)\s+(\d+)%\s+(\S+)$")
 
 
-def test_run_on_the_lab_example_reports_every_path_near_its_injected_delay():
+def test_run_on_the_lab_example_reports_every_path_near_its_injected_delay(tmp_path):
+    # cwd: the example's snapshot store is a relative path, and a test writes nothing into the checkout
     proc = subprocess.run(
         [sys.executable, "-m", "latency_router", "run", "-c", str(ROOT / "examples" / "lab.toml"), "--duration", "7s"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

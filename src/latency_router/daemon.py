@@ -161,7 +161,9 @@ class Daemon:
         """Snapshot the table and decide every (service, group); log and count each decision that changed."""
         now = self.clock()
         self._snapshot = self.latency_table.snapshot(now)
-        decisions = self.decider.evaluate(self._snapshot, now)
+        # until every target has finished a round since start, decisions are provisional: a restart restores older
+        # rows, and a first fresh round of one path must not become an incumbent that hysteresis then defends
+        decisions = self.decider.evaluate(self._snapshot, now, warming=self._ready_at is None)
         self._after_decisions(decisions)
         self._last_eval_mono = time.monotonic()
         return decisions

@@ -46,8 +46,11 @@ class Decider:
         self._pins: dict[Key, Pin] = {}
         self._snapshot: Any = None
 
-    def evaluate(self, snapshot: Any, now: float) -> Mapping[Key, Decision]:
-        """One evaluation of every (service, group); returns (and keeps) the read-only map of decisions."""
+    def evaluate(self, snapshot: Any, now: float, warming: bool = False) -> Mapping[Key, Decision]:
+        """One evaluation of every (service, group); returns (and keeps) the read-only map of decisions.
+
+        `warming`: not every path has been probed since start; every decision is then provisional (see decide()).
+        """
         states, seen, last = self._states, self._rows_seen, self._live
         out: dict[Key, Decision] = {}
         with gc_paused():
@@ -57,10 +60,11 @@ class Decider:
                 old = last.get(key)
                 # The same rows (the table reuses an unchanged group's mapping), no move last time and no challenger on a
                 # streak: decide() would return the same decision, since only a streak makes it read the clock (dwell).
-                if rows is seen.get(key) and old is not None and state.streak == 0 and old.basis != "provisional":
+                if (rows is seen.get(key) and old is not None and state.streak == 0 and old.basis != "provisional"
+                        and not warming):
                     out[key] = old._replace(evaluated_at=now)
                     continue
-                decision, states[key] = decide(rows, plan, now, state)
+                decision, states[key] = decide(rows, plan, now, state, warming)
                 out[key] = decision
                 # a decision that just moved explains the move; the next one from the same rows will not
                 seen[key] = rows if decision.changed_at != now else None

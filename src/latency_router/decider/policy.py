@@ -114,9 +114,15 @@ def _all_down(plan: Plan, now: float, state: PolicyState) -> tuple[str, tuple[st
     return "none", (), None, None, None, "none", "every region is down: no answer (all_down = 'none')"
 
 
-def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL) -> tuple[Decision, PolicyState]:
-    """Decide for one (service, group) from its table rows at `now`; returns the decision and the state to pass next time."""
-    cands, provisional = build_candidates(rows, plan)
+def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL,
+           warming: bool = False) -> tuple[Decision, PolicyState]:
+    """Decide for one (service, group) from its table rows at `now`; returns the decision and the state to pass next time.
+
+    `warming`: the caller knows the picture is partial (not every path has been probed since start, e.g. after a
+    restart that restored older rows): the decision is provisional, as when a healthy path has no RTT yet.
+    """
+    cands, missing = build_candidates(rows, plan)
+    provisional = missing or warming
     ranked, excluded = _run(cands, plan, now, skip_healthy=False)
     fallback = None
     if not ranked and any(c.excluded == healthy.EXCLUDED for c in excluded) and plan.all_down == "fail-open":
@@ -146,8 +152,10 @@ def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL) -> 
         if fallback:
             parts.insert(0, "every region is down: fail-open, answering as if all were healthy")
         parts += [p for p in (_path_reason(top, plan), note) if p]
-        if provisional:
+        if missing:
             parts.append("provisional: some healthy paths have no measurement yet")
+        elif warming:
+            parts.append("provisional: not every path has been probed since the start")
         down = [c.region for c in excluded if c.excluded == healthy.EXCLUDED]
         if down and not fallback:
             parts.append("down: " + ", ".join(down))
