@@ -88,7 +88,51 @@ def cross_reference_problems(data: Mapping[str, Any]) -> list[Problem]:
     lab = data.get("lab")
     if isinstance(lab, Mapping):
         problems.extend(_lab_problems(lab, paths))
+    dns = data.get("dns")
+    if isinstance(dns, Mapping):
+        problems.extend(_dns_problems(data, dns))
     return problems
+
+
+def _dns_problems(data: Mapping[str, Any], dns: Mapping[str, Any]) -> list[Problem]:
+    """DNS records that name an unknown provider or service, lie outside the provider's zone, or whose service hands
+    out host names (an A/AAAA record holds addresses)."""
+    problems: list[Problem] = []
+    providers = _names(("dns", "providers"), _items(dns, "providers"), "provider", problems)
+    services = {_text(s, "name"): s for _, s in _items(data, "services")}
+    answers_of_region = {
+        _text(r, "name"): [_text(p, "answer") for _, p in _items(r, "paths")] for _, r in _items(data, "regions")
+    }
+    for i, record in _items(dns, "records"):
+        provider = _text(record, "provider")
+        if provider is not None and provider not in providers:
+            problems.append((("dns", "records", i, "provider"), f"unknown provider {show(provider)}"))
+        service = _text(record, "service")
+        if service is not None and service not in services:
+            problems.append((("dns", "records", i, "service"), f"unknown service {show(service)}"))
+        name, zone = _text(record, "name"), _text(providers.get(provider) or {}, "zone")
+        if name and zone:
+            n, z = name.lower().rstrip(".") + ".", zone.lower().rstrip(".") + "."
+            if n != z and not n.endswith("." + z):
+                problems.append((("dns", "records", i, "name"), f"{show(name)} is not in the provider's zone {show(zone)}"))
+        if service in services:
+            regions = services[service].get("regions") or list(answers_of_region)
+            for region in regions:
+                for answer in answers_of_region.get(region, []):
+                    if answer is not None and not _is_ip(answer):
+                        problems.append((("dns", "records", i, "service"),
+                                         f"service {show(service)} answers the host name {show(answer)} "
+                                         f"(region {region}); an A/AAAA record holds addresses"))
+                        break
+    return problems
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _vantage_problems(data: Mapping[str, Any]) -> list[Problem]:

@@ -81,6 +81,15 @@ def is_host_name(text: str) -> bool:
     return all(_HOST_LABEL.fullmatch(label) for label in labels)
 
 
+def fqdn(value: Any) -> str:
+    """A fully qualified domain name, lower case, ending in '.' (added when missing)."""
+    text = _need_str(value, "a domain name (string)")
+    name = text.lower().rstrip(".")
+    if not name or not is_host_name(name):
+        raise ValueError(f"{show(text)} is not a domain name")
+    return name + "."
+
+
 def answer(value: Any) -> str:
     """An IPv4/IPv6 address (kept in its canonical form) or a host name."""
     text = _need_str(value, "an address or host name (string)")

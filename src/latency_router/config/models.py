@@ -26,6 +26,19 @@ LAB_MODES: tuple[str, ...] = ("auto", "nfqueue", "userspace")
 LAB_EVENT_KINDS: tuple[str, ...] = ("outage", "step")
 ALL_DOWN: tuple[str, ...] = ("fail-open", "last-known-good", "static", "none")
 METRICS: tuple[str, ...] = ("ewma", "p50", "p95", "min")
+DNS_KINDS: tuple[str, ...] = ("powerdns", "rfc2136", "route53")
+DNS_MODES: tuple[str, ...] = ("weighted", "per-group")
+# the keys each DNS provider kind reads (besides name, kind, zone), and those it cannot do without
+DNS_KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "powerdns": ("api_url", "api_key", "server_id", "dns_server"),
+    "rfc2136": ("server", "key_name", "key_secret", "algorithm", "max_answers", "views"),
+    "route53": ("hosted_zone_id", "endpoint_url", "region", "access_key", "secret_key"),
+}
+DNS_KIND_REQUIRED: dict[str, tuple[str, ...]] = {
+    "powerdns": ("api_url", "api_key"),
+    "rfc2136": ("server", "key_name", "key_secret"),
+    "route53": ("hosted_zone_id",),
+}
 
 # context key: the loader runs the cross-reference checks itself, on the raw data, so they run even when a field fails
 SKIP_CROSS_CHECK = "skip_cross_check"
@@ -93,6 +106,77 @@ class StoreConfig(_Model):
 
     path: Str
     interval_s: Annotated[Duration, Field(alias="interval", gt=0)] = 5.0
+
+
+SecretRef = Annotated[str, PlainValidator(fields.secret_ref)]
+HostPort = Annotated[str, PlainValidator(lambda v: (fields.listen(v), v)[1])]
+Fqdn = Annotated[str, PlainValidator(fields.fqdn)]
+
+
+class DnsViewKey(_Model):
+    """A BIND view's TSIG key, for the per-group answers of that view's group."""
+
+    key_name: Str
+    key_secret: SecretRef
+
+
+class DnsProviderConfig(_Model):
+    """[[dns.providers]]: one DNS server latency-router writes to; which keys apply depends on `kind`."""
+
+    name: Name
+    kind: Annotated[str, _choice("kind", DNS_KINDS)]
+    zone: Fqdn
+    api_url: Str | None = None
+    api_key: SecretRef | None = None
+    server_id: Str = "localhost"
+    dns_server: HostPort | None = None
+    server: HostPort | None = None
+    key_name: Str | None = None
+    key_secret: SecretRef | None = None
+    algorithm: Annotated[str, _choice("algorithm", ("hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5"))] = "hmac-sha256"
+    max_answers: Annotated[Int | None, Field(ge=1, le=255)] = None
+    views: dict[Name, DnsViewKey] = {}
+    hosted_zone_id: Str | None = None
+    endpoint_url: Str | None = None
+    region: Str = "us-east-1"
+    access_key: SecretRef | None = None
+    secret_key: SecretRef | None = None
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> "DnsProviderConfig":
+        for key in DNS_KIND_REQUIRED[self.kind]:
+            if getattr(self, key) is None:
+                raise rule_error(key, f"required for a {self.kind} provider")
+        for kind, keys in DNS_KIND_KEYS.items():
+            if kind == self.kind:
+                continue
+            for key in keys:
+                if key in self.model_fields_set and key not in DNS_KIND_KEYS[self.kind]:
+                    raise rule_error(key, f"a {kind} key; this provider is {self.kind}")
+        if (self.access_key is None) != (self.secret_key is None):
+            raise rule_error("secret_key" if self.secret_key is None else "access_key", "give access_key and secret_key together")
+        return self
+
+
+class DnsRecordConfig(_Model):
+    """[[dns.records]]: a name kept in step with a service's decisions at one provider."""
+
+    name: Fqdn
+    service: Name
+    provider: Name
+    mode: Annotated[str, _choice("mode", DNS_MODES)] = "weighted"
+    ttl_s: Annotated[OptionalDuration, Field(alias="ttl")] = None
+
+
+class DnsConfig(_Model):
+    """[dns]: the DNS exporters and their safety settings."""
+
+    min_weight_change: Annotated[Int, Field(ge=0, le=255)] = 10
+    max_weight_shift: Ratio = 0.5
+    min_write_interval_s: Annotated[Duration, Field(alias="min_write_interval", ge=0)] = 1.0
+    retry_max_s: Annotated[Duration, Field(alias="retry_max", gt=0)] = 5.0
+    providers: tuple[DnsProviderConfig, ...] = ()
+    records: tuple[DnsRecordConfig, ...] = ()
 
 
 class ProbingConfig(_Model):
@@ -322,6 +406,7 @@ class Config(_Model):
     services: tuple[ServiceConfig, ...] = ()
     default_group: Name = "default"
     lab: LabConfig | None = None
+    dns: DnsConfig | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,87 @@
+"""The [dns] config: providers by kind, records, and the checks between them."""
+
+from __future__ import annotations
+
+import pytest
+
+from latency_router.config import ConfigError, parse_config
+from support import MINIMAL_CONFIG
+
+GOOD = MINIMAL_CONFIG + """
+[[services]]
+name = "api"
+policy = "latency"
+
+[dns]
+min_weight_change = 5
+
+[[dns.providers]]
+name = "pdns"
+kind = "powerdns"
+zone = "Example.COM"
+api_url = "http://127.0.0.1:8081"
+api_key = "env:PDNS_API_KEY"
+dns_server = "127.0.0.1:5353"
+
+[[dns.providers]]
+name = "bind"
+kind = "rfc2136"
+zone = "example.com."
+server = "127.0.0.1:53"
+key_name = "main"
+key_secret = "file:/etc/latency-router/main.key"
+views = {eu = {key_name = "eu", key_secret = "env:EU_KEY"}}
+
+[[dns.providers]]
+name = "r53"
+kind = "route53"
+zone = "example.com"
+hosted_zone_id = "Z0123"
+
+[[dns.records]]
+name = "api.example.com"
+service = "api"
+provider = "pdns"
+mode = "per-group"
+ttl = "30s"
+"""
+
+
+def problems(toml: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(toml)
+    return info.value.problems
+
+
+def test_a_good_dns_config_parses_with_names_made_fully_qualified():
+    dns = parse_config(GOOD).dns
+    assert [p.kind for p in dns.providers] == ["powerdns", "rfc2136", "route53"]
+    assert dns.providers[0].zone == "example.com." and dns.records[0].name == "api.example.com."
+    assert (dns.min_weight_change, dns.max_weight_shift, dns.retry_max_s) == (5, 0.5, 5.0)
+    assert dns.providers[1].views["eu"].key_name == "eu" and dns.records[0].ttl_s == 30.0
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ('api_key = "env:PDNS_API_KEY"\n', '', "dns.providers[0].api_key: required for a powerdns provider"),
+    ('api_key = "env:PDNS_API_KEY"\n', 'api_key = "plain-secret"\n', "dns.providers[0].api_key: write 'env:NAME'"),
+    ('hosted_zone_id = "Z0123"\n', 'hosted_zone_id = "Z0123"\nserver = "127.0.0.1:53"\n',
+     "dns.providers[2].server: a rfc2136 key; this provider is route53"),
+    ('kind = "route53"', 'kind = "bind9"', "dns.providers[2].kind: unknown kind 'bind9'"),
+    ('provider = "pdns"', 'provider = "nope"', "dns.records[0].provider: unknown provider 'nope'"),
+    ('service = "api"\nprovider', 'service = "web"\nprovider', "dns.records[0].service: unknown service 'web'"),
+    ('name = "api.example.com"', 'name = "api.example.org"', "dns.records[0].name: 'api.example.org' is not in the provider's zone"),
+    ('mode = "per-group"', 'mode = "geo"', "dns.records[0].mode: unknown mode 'geo'"),
+    ('min_weight_change = 5', 'min_weight_change = 300', "dns.min_weight_change"),
+    ('zone = "example.com"\nhosted', 'zone = "not a zone"\nhosted', "dns.providers[2].zone: 'not a zone' is not a domain name"),
+])
+def test_bad_dns_keys_are_named(old, new, expected):
+    assert old in GOOD
+    found = problems(GOOD.replace(old, new, 1))
+    assert any(p.startswith(expected) for p in found), found
+    assert not any("plain-secret" in p for p in found)
+
+
+def test_a_service_that_answers_host_names_cannot_feed_an_address_record():
+    toml = GOOD.replace('answer = "203.0.113.10"', 'answer = "eu.example.net"')
+    assert any(p.startswith("dns.records[0].service: service 'api' answers the host name 'eu.example.net'")
+               for p in problems(toml))
