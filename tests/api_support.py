@@ -170,6 +170,11 @@ class LabBackend:
         self._maybe_fail("table")
         return self.snapshot
 
+    def exporters(self) -> list[dict[str, Any]]:
+        return [{"provider": "pdns", "state": "retrying", "last_success_at": 1.5, "last_error": "pdns: HTTP 503",
+                 "last_error_at": 2.5, "consecutive_failures": 1, "writes_total": 3, "failures_total": 1,
+                 "last_plan": {"create": 1, "update": 0, "delete": 0}, "refused": [], "record_sets": 2}]
+
     def regions(self) -> list[dict[str, Any]]:
         self._maybe_fail("regions")
         out = []

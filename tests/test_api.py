@@ -535,3 +535,10 @@ async def test_start_api_listens_and_stops(host, group):
     assert body == expected(backend, "spread", group, bound_host)
     with pytest.raises(OSError):  # nothing listens any more
         socket.create_connection((bound_host, port), timeout=1).close()
+
+
+async def test_exporters_lists_each_dns_exporters_state():
+    async with serve() as (client, backend):
+        body = await get_json(client, "/v1/exporters")
+    assert body == {"exporters": backend.exporters()}
+    assert [e["provider"] for e in body["exporters"]] == ["pdns"] and body["exporters"][0]["writes_total"] == 3

@@ -57,7 +57,7 @@ def test_a_good_dns_config_parses_with_names_made_fully_qualified():
     dns = parse_config(GOOD).dns
     assert [p.kind for p in dns.providers] == ["powerdns", "rfc2136", "route53"]
     assert dns.providers[0].zone == "example.com." and dns.records[0].name == "api.example.com."
-    assert (dns.min_weight_change, dns.max_weight_shift, dns.retry_max_s) == (5, 0.5, 5.0)
+    assert (dns.min_weight_change, dns.max_weight_shift, dns.retry_max_s) == (5, 1.0, 5.0)
     assert dns.providers[1].views["eu"].key_name == "eu" and dns.records[0].ttl_s == 30.0
 
 

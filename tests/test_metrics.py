@@ -221,7 +221,7 @@ ALLOWED_LABELS = {
     "result": {"success", "failure"},
     "basis": {"measured", "unknown", "provisional", "static", "none", "predicted", "pinned"},
     "fallback": {*ALL_DOWN, ""},
-    "section": {"table", "decisions", "engine"},
+    "section": {"table", "decisions", "engine", "exporters"},
     "version": {"1.2.3"},
     "python": None,  # any: the interpreter's version
     "le": None,  # the histogram's bounds, checked above

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     from latency_router.replay.cli import add_parser as add_replay_parser
 
     add_replay_parser(sub)
+    from latency_router.exporters.dns.cli import add_parser as add_dns_parser
+
+    add_dns_parser(sub)
     return parser
 
 
@@ -93,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         from latency_router.replay.cli import replay_main
 
         return replay_main(args)
+    if args.command == "dns":
+        from latency_router.exporters.dns.cli import dns_main
+
+        return dns_main(args)
     if args.command in ("lab", "run"):
         loaded = _config_and_duration(args.config, args.duration)
         if isinstance(loaded, int):

@@ -85,6 +85,8 @@ def restart_only_changes(old: "Config", new: "Config") -> list[str]:
         if getattr(old.api, key) != getattr(new.api, key):
             # the HTTP application holds these from its start: a reload that changed them would claim what is not so
             problems.append(f"api.{key.removesuffix('_bytes')}: changed; the HTTP API needs a restart to apply it")
+    if old.dns != new.dns:
+        problems.append("dns: changed; the DNS exporters need a restart to apply it")
     if (old.store and old.store.path) != (new.store and new.store.path):
         problems.append("store.path: changed; the snapshot store needs a restart")
     return problems
@@ -123,8 +125,46 @@ class Daemon:
         from latency_router.exporters.prometheus import Metrics
 
         self.metrics_registry = Metrics(self, version=__version__)
+        self.dns_runners: dict[str, Any] = {}
+        self._dns_records: dict[str, list[Any]] = {}
+        self._dns_problem: str | None = None
+        if cfg.dns is not None and cfg.dns.providers:
+            self._build_dns(cfg)
 
     # ---- wiring ----------------------------------------------------------------------------------------------
+
+    def _build_dns(self, cfg: "Config") -> None:
+        """One exporter runner per [[dns.providers]] table, fed with the records that name it."""
+        from latency_router.exporters.dns.desired import DnsRecord
+        from latency_router.exporters.dns.plan import PlanSettings
+        from latency_router.exporters.dns.runner import ExporterRunner, RunnerSettings
+        from latency_router.exporters.dns.setup import build_provider
+
+        dns = cfg.dns
+        settings = RunnerSettings(
+            min_interval_s=dns.min_write_interval_s, retry_max_s=dns.retry_max_s,
+            plan=PlanSettings(min_weight_change=dns.min_weight_change, max_weight_shift=dns.max_weight_shift),
+        )
+        for i, p in enumerate(dns.providers):
+            self.dns_runners[p.name] = ExporterRunner(build_provider(p, i), settings)
+            self._dns_records[p.name] = [
+                DnsRecord(r.name, r.service, r.mode, None if r.ttl_s is None else math.ceil(r.ttl_s))
+                for r in dns.records if r.provider == p.name
+            ]
+
+    def _push_dns(self, decisions: Mapping[tuple[str, str], "Decision"]) -> None:
+        """Hand each DNS exporter the record sets these decisions want (it writes only what changed, in its own task)."""
+        if not self.dns_runners or self._ready_at is None:
+            return  # provisional decisions of the start-up are not worth a DNS write
+        from latency_router.exporters.dns.desired import desired_record_sets
+
+        for name, runner in self.dns_runners.items():
+            try:
+                runner.desire(desired_record_sets(decisions, self._cfg, self._dns_records[name]))
+            except ValueError as exc:
+                if str(exc) != self._dns_problem:
+                    log.error("dns %s: %s", name, exc)
+                    self._dns_problem = str(exc)
 
     def _new_scheduler(self, cfg: "Config", targets_by_key: dict[str, tuple[str, str, str]]) -> Scheduler:
         targets = [(key, make_prober(url, self.counters)) for key, (_, _, url) in targets_by_key.items()]
@@ -165,6 +205,7 @@ class Daemon:
         # rows, and a first fresh round of one path must not become an incumbent that hysteresis then defends
         decisions = self.decider.evaluate(self._snapshot, now, warming=self._ready_at is None)
         self._after_decisions(decisions)
+        self._push_dns(decisions)
         self._last_eval_mono = time.monotonic()
         return decisions
 
@@ -275,6 +316,9 @@ class Daemon:
             "pins": [{"service": s, "group": g, "region": p.region, "path": p.path}
                      for (s, g), p in sorted(self.decider.pins.items())],
         }
+
+    def exporters(self) -> list[dict[str, Any]]:
+        return [runner.status() for runner in self.dns_runners.values()]
 
     def metrics(self) -> tuple[bytes, str]:
         return self.metrics_registry.render()
@@ -481,6 +525,7 @@ class Daemon:
             ]
             if self.store is not None:
                 helpers.append(tg.create_task(self._saving(), name="saving"))
+            exporters = [tg.create_task(r.run(), name=f"dns:{n}") for n, r in self.dns_runners.items()]
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=duration_s)
             notify("STOPPING=1")
@@ -497,6 +542,14 @@ class Daemon:
                     self.evaluate()
                     step = "the last snapshot save"
                     await self.save()
+                    step = "stopping the DNS exporters"
+                    for exporter in self.dns_runners.values():
+                        exporter.stop()
+                    for task in exporters:
+                        task.cancel()
+                    await asyncio.gather(*exporters, return_exceptions=True)
+                    for exporter in self.dns_runners.values():
+                        await exporter.provider.aclose()
                     step = "stopping the API"
                     await runner.cleanup()
             except TimeoutError:

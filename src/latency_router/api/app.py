@@ -203,6 +203,10 @@ class _Api:
         """GET /v1/regions."""
         return json_body(dumps({"regions": self.backend.regions()}))
 
+    async def get_exporters(self, request: web.Request) -> web.Response:
+        """GET /v1/exporters: each DNS exporter's state (never a secret: names, counts and messages only)."""
+        return json_body(dumps({"exporters": self.backend.exporters()}))
+
     async def get_healthz(self, request: web.Request) -> web.Response:
         """GET /healthz: 200 while the daemon's loops run, 503 with the reason otherwise."""
         return _status(self.backend.liveness())
@@ -450,6 +454,7 @@ def make_app(backend: Backend, *, token: Secret | None, max_body_bytes: int, max
     app.router.add_post("/v1/decisions", api.post_decisions)
     app.router.add_get("/v1/table", api.get_table)
     app.router.add_get("/v1/regions", api.get_regions)
+    app.router.add_get("/v1/exporters", api.get_exporters)
     app.router.add_get("/healthz", api.get_healthz)
     app.router.add_get("/readyz", api.get_readyz)
     app.router.add_get("/metrics", api.get_metrics)

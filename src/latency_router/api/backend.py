@@ -64,5 +64,8 @@ class Backend(Protocol):
     def admin_state(self) -> dict[str, Any]:
         """{"drained": [region, ...], "pins": [{service, group, region, path}, ...]}."""
 
+    def exporters(self) -> list[dict[str, Any]]:
+        """Every DNS exporter's status (provider, state, last success and error, counts); [] without [dns]."""
+
     def metrics(self) -> tuple[bytes, str]:
         """The Prometheus exposition (body, content type)."""

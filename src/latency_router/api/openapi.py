@@ -132,6 +132,23 @@ def _schemas(max_batch: int) -> dict[str, Any]:
         "RegionPath": region_path,
         "Region": region,
         "Regions": _closed({"regions": {"type": "array", "items": _ref("Region")}}),
+        "Exporter": _closed(
+            {
+                "provider": {"type": "string"},
+                "state": {"enum": ["ok", "pending", "retrying", "failed", "refused"]},
+                "last_success_at": _NUMBER_OR_NULL,
+                "last_error": {"type": ["string", "null"]},
+                "last_error_at": _NUMBER_OR_NULL,
+                "consecutive_failures": {"type": "integer", "minimum": 0},
+                "writes_total": {"type": "integer", "minimum": 0},
+                "failures_total": {"type": "integer", "minimum": 0},
+                "last_plan": {"type": ["object", "null"], "additionalProperties": {"type": "integer"}},
+                "refused": {"type": "array", "items": {"type": "string"}},
+                "record_sets": {"type": "integer", "minimum": 0},
+            },
+            description="A DNS exporter's state; it never holds a secret.",
+        ),
+        "Exporters": _closed({"exporters": {"type": "array", "items": _ref("Exporter")}}),
         "DecisionRequest": batch_item,
         "DecisionBatchRequest": _closed(
             {"requests": {"type": "array", "items": _ref("DecisionRequest"), "maxItems": max_batch}}
@@ -291,6 +308,13 @@ def openapi_document(config: Config | None, *, max_batch: int, max_body_bytes: i
                 "summary": "Every region, its paths, their health and whether it is drained",
                 "tags": ["table"],
                 "responses": {"200": _json("Regions", "the regions in config order"), "500": _SERVER_ERROR},
+            }
+        },
+        "/v1/exporters": {
+            "get": {
+                "summary": "Every DNS exporter: its provider, state, last success and error, writes and failures",
+                "tags": ["exporters"],
+                "responses": {"200": _json("Exporters", "one entry per [[dns.providers]] table"), "500": _SERVER_ERROR},
             }
         },
         "/healthz": {

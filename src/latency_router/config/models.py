@@ -172,7 +172,7 @@ class DnsConfig(_Model):
     """[dns]: the DNS exporters and their safety settings."""
 
     min_weight_change: Annotated[Int, Field(ge=0, le=255)] = 10
-    max_weight_shift: Ratio = 0.5
+    max_weight_shift: Ratio = 1.0  # 1.0: no limit (a failover moves a whole group); set lower to guard
     min_write_interval_s: Annotated[Duration, Field(alias="min_write_interval", ge=0)] = 1.0
     retry_max_s: Annotated[Duration, Field(alias="retry_max", gt=0)] = 5.0
     providers: tuple[DnsProviderConfig, ...] = ()

@@ -106,6 +106,13 @@ class Decision(NamedTuple):
         }
 
 
+def decision_from_json(d: dict[str, Any]) -> Decision:
+    """A Decision from its to_json() form (as GET /v1/decision answers it); KeyError or TypeError on another shape."""
+    fields = {k: d[k] for k in Decision._fields if k not in ("answers", "candidates", "sticky_pool")}
+    candidates = tuple(Candidate(**{k: c[k] for k in Candidate._fields}) for c in d["candidates"])
+    return Decision(**fields, answers=tuple(d["answers"]), candidates=candidates)
+
+
 def client_prefix(client: str) -> str:
     """The prefix a sticky choice hashes: the client's /24 for IPv4, /48 for IPv6 (ValueError for a bad address)."""
     address = ipaddress.ip_address(client)

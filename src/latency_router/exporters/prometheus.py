@@ -45,7 +45,7 @@ RTT_BUCKETS_S: tuple[float, ...] = (
 # A probe's outcome: ok, or one of the loss reasons; nothing else becomes a label value.
 OUTCOMES: tuple[str, ...] = ("ok", *(str(r) for r in LossReason))
 _RELOAD_RESULTS = ("success", "failure")
-_SECTIONS = ("table", "decisions", "engine")
+_SECTIONS = ("table", "decisions", "engine", "exporters")
 
 
 class MetricsSource(Protocol):
@@ -146,6 +146,16 @@ FAMILIES: dict[str, _Family] = {
         "gauge", "Unix time of the last successful config load or reload.", ()),
     "latency_router_build_info": _Family(
         "gauge", "Always 1; the version of latency-router and of Python in the labels.", ("version", "python")),
+    "latency_router_dns_exporter_up": _Family(
+        "gauge", "1 while the DNS provider holds what the decisions want (state ok), else 0.", ("provider",)),
+    "latency_router_dns_exporter_state": _Family(
+        "gauge", "1 for the DNS exporter's current state (ok, pending, retrying, failed, refused), 0 for the others.",
+        ("provider", "state")),
+    "latency_router_dns_writes_total": _Family("counter", "Writes the DNS exporter made to its provider.", ("provider",)),
+    "latency_router_dns_failures_total": _Family(
+        "counter", "Failed attempts (a provider error or a read-back that differed).", ("provider",)),
+    "latency_router_dns_last_success_timestamp_seconds": _Family(
+        "gauge", "Unix time the provider last held what the decisions wanted.", ("provider",)),
     "latency_router_metrics_collect_errors_total": _Family(
         "counter", "Scrapes where reading a section (table, decisions, engine) raised; see the log.", ("section",)),
 }
@@ -380,7 +390,8 @@ class Metrics:
 
     def _scrape(self) -> _Scrape:
         out = _Scrape()
-        for section, read in (("table", self._table), ("decisions", self._decisions), ("engine", self._engine)):
+        for section, read in (("table", self._table), ("decisions", self._decisions), ("engine", self._engine),
+                              ("exporters", self._exporters)):
             try:
                 read(out.values)
             except Exception:  # noqa: BLE001 - a broken section must not fail the whole scrape
@@ -448,6 +459,22 @@ class Metrics:
             if rtt_ms is not None:
                 v["latency_router_decision_rtt_seconds"].append((key, rtt_ms / 1e3))
             v["latency_router_decision_changes_total"].append((key, changes.get(key, 0)))
+
+    def _exporters(self, v: dict[str, list[tuple[Labels, float]]]) -> None:
+        read = getattr(self.source, "exporters", None)
+        if read is None:
+            return
+        from latency_router.exporters.dns.runner import STATES
+
+        for status in read():
+            labels = (str(status["provider"]),)
+            v["latency_router_dns_exporter_up"].append((labels, 1 if status["state"] == "ok" else 0))
+            v["latency_router_dns_exporter_state"].extend(
+                ((*labels, state), 1 if status["state"] == state else 0) for state in STATES)
+            v["latency_router_dns_writes_total"].append((labels, status["writes_total"]))
+            v["latency_router_dns_failures_total"].append((labels, status["failures_total"]))
+            if status.get("last_success_at") is not None:
+                v["latency_router_dns_last_success_timestamp_seconds"].append((labels, status["last_success_at"]))
 
     def _engine(self, v: dict[str, list[tuple[Labels, float]]]) -> None:
         stats = self.source.engine_stats()

@@ -13,7 +13,7 @@ providers may ignore it). Weights of 0 are legal (Route 53: never answered unles
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Mapping, Protocol, Sequence
 
 RType = Literal["A", "AAAA"]

@@ -1,0 +1,359 @@
+"""The PowerDNS provider against a real pdns_server (gsqlite3, LUA records, ECS) that the tests start on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from itertools import count
+from pathlib import Path
+
+import dns.asyncquery
+import dns.edns
+import dns.exception
+import dns.message
+import dns.rcode
+import pytest
+
+from latency_router.exporters.dns.errors import ProviderError
+from latency_router.exporters.dns.model import Answer, Change, RecordSet
+from latency_router.exporters.dns.powerdns import PowerDNSProvider, lua_program
+from latency_router.secrets import Secret
+from pdns_support import PowerDNS, free_ports
+
+API_KEY = "pdns-test-key-7f3a9c1e5b"
+WRONG_KEY = "wrong-key-d41d8cd98f00b204"
+_zones = count(1)
+
+
+@pytest.fixture(scope="module")
+def pdns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PowerDNS]:
+    server = PowerDNS(Path(tmp_path_factory.mktemp("pdns")), API_KEY)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def zone(pdns: PowerDNS) -> str:
+    name = f"z{next(_zones)}.lr.test."
+    pdns.create_zone(name)
+    return name
+
+
+@pytest.fixture
+async def provider(pdns: PowerDNS, zone: str) -> AsyncIterator[PowerDNSProvider]:
+    p = PowerDNSProvider(pdns.api_url, Secret(API_KEY, "env:PDNS_API_KEY"), zone, dns_server=pdns.dns_server)
+    try:
+        yield p
+    finally:
+        await p.aclose()
+
+
+def weighted(name: str, *answers: tuple[str, int], rtype: str = "A", ttl: int = 30) -> RecordSet:
+    return RecordSet(name, rtype, ttl, tuple(Answer(v, w, f"id-{v}") for v, w in answers))  # type: ignore[arg-type]
+
+
+def scoped(name: str, group: str, networks: tuple[str, ...], *answers: tuple[str, int], rtype: str = "A") -> RecordSet:
+    answer_tuple = tuple(Answer(v, w, f"{group}/{v}") for v, w in answers)
+    return RecordSet(name, rtype, 30, answer_tuple, group, networks)  # type: ignore[arg-type]
+
+
+async def create(provider: PowerDNSProvider, *sets: RecordSet) -> None:
+    await provider.apply([Change(None, rs) for rs in sets])
+
+
+async def ask_many(
+    server: tuple[str, int], name: str, rtype: str, total: int, limit_s: float, client: str | None = None,
+    concurrency: int = 32,
+) -> tuple[Counter[str], int, float]:
+    """Ask `total` queries (fewer if limit_s passes), `concurrency` at once: (answers seen, queries answered, seconds).
+
+    Each answer is counted as its addresses joined by ',' (or the rcode's name when it is not NOERROR)."""
+    counts: Counter[str] = Counter()
+    issued = answered = 0
+    start = time.perf_counter()
+    deadline = start + limit_s
+    options = [] if client is None else [dns.edns.ECSOption(client, ipaddress.ip_address(client).max_prefixlen)]
+
+    async def worker() -> None:
+        nonlocal issued, answered
+        while issued < total and time.perf_counter() < deadline:
+            issued += 1
+            query = dns.message.make_query(name, rtype, use_edns=0, options=options)
+            try:
+                response = await dns.asyncquery.udp(query, server[0], port=server[1], timeout=2.0)
+            except dns.exception.Timeout:
+                counts["timeout"] += 1
+                continue
+            answered += 1
+            if response.rcode() != dns.rcode.NOERROR:
+                counts[dns.rcode.to_text(response.rcode())] += 1
+            else:
+                counts[",".join(sorted(str(rd) for rrset in response.answer for rd in rrset))] += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return counts, answered, time.perf_counter() - start
+
+
+# --- translation (no server) ---
+
+
+@pytest.mark.parametrize(
+    ("sets", "program"),
+    [
+        pytest.param(
+            [weighted("w.t.", ("192.0.2.1", 10), ("192.0.2.2", 30), ("192.0.2.3", 0))],
+            "pickwrandom({{10,'192.0.2.1'},{30,'192.0.2.2'}})",
+            id="weighted-drops-zero",
+        ),
+        pytest.param(
+            [weighted("w.t.", ("192.0.2.1", 0), ("192.0.2.2", 0))],
+            "pickwrandom({{1,'192.0.2.1'},{1,'192.0.2.2'}})",
+            id="all-zero-served-alike",
+        ),
+        pytest.param(
+            [
+                weighted("w.t.", ("192.0.2.1", 5)),
+                scoped("w.t.", "wide", ("10.0.0.0/8",), ("198.51.100.2", 1)),
+                scoped("w.t.", "narrow", ("10.1.0.0/16", "10.2.0.0/16"), ("198.51.100.1", 1)),
+            ],
+            ";if netmask({'10.1.0.0/16','10.2.0.0/16'}) then return pickwrandom({{1,'198.51.100.1'}}) end "
+            "if netmask({'10.0.0.0/8'}) then return pickwrandom({{1,'198.51.100.2'}}) end "
+            "return pickwrandom({{5,'192.0.2.1'}})",
+            id="longest-prefix-first",
+        ),
+        pytest.param(
+            [scoped("w.t.", "eu", ("10.1.2.3/16",), ("198.51.100.1", 1))],
+            ";if netmask({'10.1.0.0/16'}) then return pickwrandom({{1,'198.51.100.1'}}) end return {}",
+            id="no-default-nodata",
+        ),
+    ],
+)
+def test_lua_program(sets: list[RecordSet], program: str) -> None:
+    assert lua_program(sets) == program
+
+
+# --- against the server ---
+
+
+async def test_weighted_answers_follow_their_weights(pdns: PowerDNS, zone: str, provider: PowerDNSProvider) -> None:
+    name = f"w.{zone}"
+    rs = weighted(name, ("192.0.2.1", 25), ("192.0.2.2", 75), ("192.0.2.3", 155), ("192.0.2.4", 0))
+    start = time.perf_counter()
+    await create(provider, rs)
+    applied = time.perf_counter()
+    assert await provider.verify([rs]) == []
+    verified = time.perf_counter()
+    [lua] = [r for r in pdns.rrsets(zone) if r["name"] == name]
+    assert lua["type"] == "LUA" and "pickwrandom(" in lua["records"][0]["content"]
+
+    counts, answered, elapsed = await ask_many(pdns.dns_server, name, "A", 10_000, limit_s=90.0)
+    print(f"\npowerdns: apply {1000 * (applied - start):.1f} ms, verify {1000 * (verified - applied):.1f} ms; "
+          f"{answered} queries in {elapsed:.2f} s = {answered / elapsed:.0f} queries/s (32 in flight)")
+    assert answered >= 10_000, f"only {answered} queries answered in the time limit: {counts}"
+    assert set(counts) <= {"192.0.2.1", "192.0.2.2", "192.0.2.3"}, counts  # weight 0 is never served
+    total_weight = 25 + 75 + 155
+    for value, weight in (("192.0.2.1", 25), ("192.0.2.2", 75), ("192.0.2.3", 155)):
+        share = counts[value] / answered
+        assert abs(share - weight / total_weight) < 0.03, (value, share, weight / total_weight, counts)
+
+
+async def test_per_group_answers_by_client_subnet(pdns: PowerDNS, zone: str, provider: PowerDNSProvider) -> None:
+    name = f"g.{zone}"
+    sets = [
+        weighted(name, ("192.0.2.1", 1), ("192.0.2.2", 1)),
+        scoped(name, "eu", ("10.1.0.0/16",), ("198.51.100.1", 1)),
+        scoped(name, "us", ("10.0.0.0/8", "2001:db8:1::/48"), ("198.51.100.2", 200), ("198.51.100.3", 0)),
+        weighted(name, ("2001:db8::a", 1), rtype="AAAA"),
+        scoped(name, "eu", ("10.1.0.0/16",), ("2001:db8::e", 1), rtype="AAAA"),
+    ]
+    start = time.perf_counter()
+    await create(provider, *sets)
+    applied = time.perf_counter()
+    assert await provider.verify(sets) == []
+    print(f"\npowerdns per-group (5 sets, 2 groups): apply {1000 * (applied - start):.1f} ms, "
+          f"verify {1000 * (time.perf_counter() - applied):.1f} ms")
+
+    cases = [
+        ("A", "10.1.2.3", {"198.51.100.1"}),  # inside eu's /16, which is more specific than us's /8
+        ("A", "10.200.0.1", {"198.51.100.2"}),
+        ("A", "2001:db8:1:2::1", {"198.51.100.2"}),  # an IPv6 client of us asking for A
+        ("A", "203.0.113.9", {"192.0.2.1", "192.0.2.2"}),  # no group: the weighted set
+        ("A", None, {"192.0.2.1", "192.0.2.2"}),  # no ECS: the resolver (127.0.0.1) is in no group
+        ("AAAA", "10.1.0.1", {"2001:db8::e"}),
+        ("AAAA", "10.200.0.1", {"2001:db8::a"}),  # us has no AAAA set: the scope-None one
+    ]
+    for rtype, client, want in cases:
+        counts, answered, _ = await ask_many(pdns.dns_server, name, rtype, 200, limit_s=20.0, client=client)
+        assert answered == 200, (rtype, client, counts)
+        assert set(counts) == want, (rtype, client, counts)
+
+
+async def test_current_reads_back_what_was_applied(pdns: PowerDNS, zone: str, provider: PowerDNSProvider) -> None:
+    name, single, other = f"c.{zone}", f"one.{zone}", f"other.{zone}"
+    pdns.patch(zone, [{"name": name, "type": "LUA", "ttl": 60, "changetype": "REPLACE",
+                       "records": [{"content": "TXT \"'someone else'\"", "disabled": False}]}])
+    first = [
+        weighted(name, ("192.0.2.1", 0), ("192.0.2.2", 255), ("192.0.2.3", 7)),
+        scoped(name, "eu", ("10.1.0.0/16", "2001:db8:e::/48"), ("198.51.100.1", 3), ("198.51.100.9", 0)),
+        weighted(name, ("2001:db8::1", 4), ("2001:db8::2", 0), rtype="AAAA"),
+        weighted(single, ("192.0.2.77", 0)),  # one answer: a plain RRset, its weight and set id kept in the comment
+        weighted(other, ("192.0.2.5", 1), ("192.0.2.6", 2)),
+    ]
+    keys = [rs.key for rs in first] + [(name, "A", "us")]
+    await create(provider, *first)
+    assert await provider.current(keys) == {rs.key: rs for rs in first}
+    held = {(r["name"], r["type"]) for r in pdns.rrsets(zone)}
+    assert (single, "A") in held and (name, "A") not in held and (name, "LUA") in held
+
+    second = [
+        weighted(name, ("192.0.2.2", 100), ("192.0.2.4", 50), ttl=20),
+        scoped(name, "eu", ("10.1.0.0/17",), ("198.51.100.1", 3)),
+        scoped(name, "us", ("10.0.0.0/8",), ("198.51.100.2", 1)),
+        weighted(single, ("192.0.2.77", 9), ("192.0.2.78", 9)),  # grows: plain RRset -> LUA record
+    ]
+    old = {rs.key: rs for rs in first}
+    await provider.apply([Change(old.get(rs.key), rs) for rs in second])
+    now = {**old, **{rs.key: rs for rs in second}}
+    assert await provider.current(keys) == now
+    assert await provider.verify(list(now.values())) == []
+
+    gone = [now[(name, "A", "eu")], now[(name, "AAAA", None)], now[(single, "A", None)]]
+    await provider.apply([Change(rs, None) for rs in gone])
+    left = {k: rs for k, rs in now.items() if rs not in gone}
+    assert await provider.current(keys) == left
+    lua = {r["name"]: r for r in pdns.rrsets(zone) if r["type"] == "LUA"}
+    assert any(r["content"].startswith("TXT ") for r in lua[name]["records"])  # another's LUA record is kept
+    assert single not in lua
+
+    await provider.apply([Change(rs, None) for rs in left.values()])
+    assert await provider.current(keys) == {}
+    assert {r["name"] for r in pdns.rrsets(zone)} == {zone, name}  # only the zone apex and the other LUA TXT
+    assert await provider.current([]) == {}
+
+
+async def test_verify_catches_a_broken_lua_record(pdns: PowerDNS, zone: str, provider: PowerDNSProvider) -> None:
+    name = f"b.{zone}"
+    good = [
+        weighted(name, ("192.0.2.1", 1), ("192.0.2.2", 3)),
+        scoped(name, "eu", ("10.1.0.0/16",), ("198.51.100.1", 1)),
+    ]
+    await create(provider, *good)
+    assert await provider.verify(good) == []
+
+    # the API takes a program that cannot run; the name then fails over DNS
+    pdns.patch(zone, [{"name": name, "type": "LUA", "ttl": 30, "changetype": "REPLACE",
+                       "records": [{"content": "A \"pickwrandom({{\"", "disabled": False}]}])
+    lines = await provider.verify(good)
+    assert len(lines) == 2 and all("SERVFAIL" in line for line in lines), lines
+    assert lines[0].startswith(f"{name} A") and f"{name} A [eu]" in lines[1]
+
+    held = await provider.current([rs.key for rs in good])
+    # unreadable: it reads as an empty set, which the plan replaces
+    assert held == {(name, "A", None): RecordSet(name, "A", 30, ())}
+    await provider.apply([Change(held[good[0].key], good[0]), Change(None, good[1])])
+    assert await provider.verify(good) == []
+
+
+async def test_verify_reports_wrong_answers(pdns: PowerDNS, zone: str, provider: PowerDNSProvider) -> None:
+    name = f"v.{zone}"
+    rs = weighted(name, ("192.0.2.1", 1), ("192.0.2.2", 1))
+    eu = scoped(name, "eu", ("10.1.0.0/16",), ("198.51.100.1", 1))
+    await create(provider, rs)
+    # desired has a group the server does not know, and an answer it never serves
+    lines = await provider.verify([weighted(name, ("192.0.2.1", 1), ("192.0.2.9", 1)), eu])
+    assert len(lines) == 2, lines
+    assert "192.0.2.2" in lines[0] and "want one of 192.0.2.1 (w1), 192.0.2.9 (w1)" in lines[0]
+    assert "[eu] (client 10.1.0.0): got 192.0.2." in lines[1]
+    pdns.patch(zone, [{"name": name, "type": "LUA", "ttl": 30, "changetype": "REPLACE",
+                       "records": [{"content": "TXT \"'no address here'\"", "disabled": False}]}])
+    lines = await provider.verify([rs])
+    assert lines == [f"{name} A: got no address (NODATA); want one of 192.0.2.1 (w1), 192.0.2.2 (w1) per query"]
+    pdns.patch(zone, [{"name": name, "type": "LUA", "changetype": "DELETE"}])
+    assert await provider.verify([rs]) == [f"{name} A: NXDOMAIN"]
+
+
+async def test_api_key_never_shows(pdns: PowerDNS, zone: str) -> None:
+    p = PowerDNSProvider(pdns.api_url, Secret(WRONG_KEY, "env:WRONG"), zone, dns_server=pdns.dns_server)
+    try:
+        assert WRONG_KEY not in repr(p)
+        calls = [lambda: p.current([(f"x.{zone}", "A", None)]),
+                 lambda: p.apply([Change(None, weighted(f"x.{zone}", ("192.0.2.1", 1)))])]
+        for call in calls:
+            with pytest.raises(ProviderError) as caught:
+                await call()
+            err = caught.value
+            assert "HTTP 401" in str(err) and err.provider == "powerdns" and err.retryable is False
+            shown = [str(err), repr(err), repr(err.args), str(err.__cause__), str(err.__context__)]
+            assert not any(WRONG_KEY in text or API_KEY in text for text in shown), shown
+    finally:
+        await p.aclose()
+
+    api_port, _ = free_ports()  # nothing listens there: a connection failure, which may be retried
+    p = PowerDNSProvider(f"http://127.0.0.1:{api_port}", Secret(WRONG_KEY, "env:WRONG"), zone, timeout_s=2.0)
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await p.current([(f"x.{zone}", "A", None)])
+        err = caught.value
+        assert err.retryable is True and WRONG_KEY not in str(err) and err.__context__ is None and err.__cause__ is None
+    finally:
+        await p.aclose()
+
+
+async def test_api_errors_carry_powerdns_text(pdns: PowerDNS, zone: str, provider: PowerDNSProvider) -> None:
+    name = f"cn.{zone}"
+    pdns.patch(zone, [{"name": name, "type": "CNAME", "ttl": 30, "changetype": "REPLACE",
+                       "records": [{"content": f"target.{zone}", "disabled": False}]}])
+    with pytest.raises(ProviderError) as caught:
+        await create(provider, weighted(name, ("192.0.2.1", 1)))
+    text = str(caught.value)
+    assert "HTTP 422" in text and "Conflicts with pre-existing RRset" in text and caught.value.retryable is False
+
+    missing = PowerDNSProvider(pdns.api_url, Secret(API_KEY, "env:K"), "absent.test.", dns_server=pdns.dns_server)
+    try:
+        with pytest.raises(ProviderError, match="HTTP 404.*no zone absent.test.") as caught:
+            await missing.current([("a.absent.test.", "A", None)])
+        assert API_KEY not in str(caught.value)
+    finally:
+        await missing.aclose()
+
+
+@pytest.mark.parametrize(
+    ("record_set", "message"),
+    [
+        pytest.param(RecordSet("x.elsewhere.test.", "A", 30, (Answer("192.0.2.1"),)), "outside the zone", id="zone"),
+        pytest.param(RecordSet("{zone}", "A", 30, (Answer("2001:db8::1"),)), "not an A address", id="family"),
+        pytest.param(RecordSet("{zone}", "A", 30, (Answer("192.0.2.1"),), "eu"), "networks: none", id="no-networks"),
+        pytest.param(RecordSet("{zone}", "A", 30, ()), "answers: none", id="empty"),
+        pytest.param(
+            RecordSet("{zone}", "A", 30, (Answer("192.0.2.1"),), "eu", ("10.0.0.0/33",)), "not a network", id="cidr"
+        ),
+    ],
+)
+async def test_bad_sets_are_refused_before_any_write(
+    pdns: PowerDNS, zone: str, provider: PowerDNSProvider, record_set: RecordSet, message: str
+) -> None:
+    rs = RecordSet(record_set.name.replace("{zone}", f"n.{zone}"), record_set.rtype, record_set.ttl, record_set.answers,
+                   record_set.scope, record_set.networks)
+    fine = weighted(f"fine.{zone}", ("192.0.2.1", 1))
+    with pytest.raises(ProviderError, match=message) as caught:
+        await provider.apply([Change(None, fine), Change(None, rs)])
+    assert caught.value.retryable is False
+    assert {r["name"] for r in pdns.rrsets(zone)} == {zone}  # not even the good one was written
+
+
+def test_constructor_names_the_bad_parameter() -> None:
+    key = Secret("k", "env:K")
+    with pytest.raises(ValueError, match="^api_url:"):
+        PowerDNSProvider("ftp://127.0.0.1", key, "z.test.")
+    with pytest.raises(ValueError, match="^api_key:"):
+        PowerDNSProvider("http://127.0.0.1:8081", "k", "z.test.")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="^dns_server:"):
+        PowerDNSProvider("http://127.0.0.1:8081", key, "z.test.", dns_server=("127.0.0.1", 0))
+    with pytest.raises(ValueError, match="^timeout_s:"):
+        PowerDNSProvider("http://127.0.0.1:8081", key, "z.test.", timeout_s=0)
