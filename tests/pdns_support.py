@@ -193,3 +193,22 @@ class PowerDNS:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self.proc = None
+
+
+def dns_toml(pdns: PowerDNS, zone: str, record: str, *, dns_table: bool = True, key_env: str = "LR_PDNS_KEY") -> str:
+    """The [dns] tables of a daemon config that keeps `record` (service "api", weighted) in this PowerDNS's `zone`."""
+    head = '[dns]\nmin_write_interval = "0s"\n\n' if dns_table else ""
+    return f"""
+{head}[[dns.providers]]
+name = "pdns"
+kind = "powerdns"
+zone = "{zone}"
+api_url = "{pdns.api_url}"
+api_key = "env:{key_env}"
+dns_server = "127.0.0.1:{pdns.dns_port}"
+
+[[dns.records]]
+name = "{record}"
+service = "api"
+provider = "pdns"
+"""

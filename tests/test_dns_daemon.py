@@ -13,7 +13,7 @@ import dns.rdatatype
 import pytest
 
 from daemon_support import Daemon, free_port, lab_config
-from pdns_support import PowerDNS
+from pdns_support import PowerDNS, dns_toml
 
 pytestmark = pytest.mark.root
 
@@ -46,23 +46,8 @@ def test_the_daemon_keeps_powerdns_in_step_through_an_outage_and_a_dns_server_re
             f'end = "600s"\n' for p in ("direct", "accelerator"))
         port = free_port()
         config = lab_config(port, events=events).replace(
-            f'listen = "127.0.0.1:{port}"', f'listen = "127.0.0.1:{port}"\ntoken = "env:LR_TOKEN"') + f"""
-[dns]
-min_write_interval = "0s"
-
-[[dns.providers]]
-name = "pdns"
-kind = "powerdns"
-zone = "{ZONE}"
-api_url = "{pdns.api_url}"
-api_key = "env:LR_PDNS_KEY"
-dns_server = "127.0.0.1:{pdns.dns_port}"
-
-[[dns.records]]
-name = "{NAME}"
-service = "api"
-provider = "pdns"
-"""
+            f'listen = "127.0.0.1:{port}"', f'listen = "127.0.0.1:{port}"\ntoken = "env:LR_TOKEN"')
+        config += dns_toml(pdns, ZONE, NAME)
         workdir = tmp_path / "daemon"
         workdir.mkdir()
         daemon = Daemon(workdir, config, env={"LR_PDNS_KEY": API_KEY, "LR_TOKEN": TOKEN})
@@ -130,20 +115,7 @@ def test_dns_plan_is_a_dry_run_and_dns_apply_writes_what_it_planned(tmp_path):
         pdns.create_zone(ZONE)
         port = free_port()
         plain = lab_config(port)
-        with_dns = plain + f"""
-[[dns.providers]]
-name = "pdns"
-kind = "powerdns"
-zone = "{ZONE}"
-api_url = "{pdns.api_url}"
-api_key = "env:LR_PDNS_KEY"
-dns_server = "127.0.0.1:{pdns.dns_port}"
-
-[[dns.records]]
-name = "{NAME}"
-service = "api"
-provider = "pdns"
-"""
+        with_dns = plain + dns_toml(pdns, ZONE, NAME, dns_table=False)
         workdir = tmp_path / "daemon"
         workdir.mkdir()
         daemon = Daemon(workdir, plain)  # decides, writes no DNS

@@ -302,6 +302,7 @@ class Daemon:
         self.decider.pin(service, group, region, path)
         log.warning("admin: %s/%s pinned to %s via %s", service, group, region, path)
         self._after_decisions(self.decider.decisions)
+        self._push_dns(self.decider.decisions)
 
     def unpin(self, service: str, group: str) -> None:
         if (service, group) not in self.decider.plans:
@@ -309,6 +310,7 @@ class Daemon:
         if self.decider.unpin(service, group):
             log.warning("admin: %s/%s unpinned", service, group)
         self._after_decisions(self.decider.decisions)
+        self._push_dns(self.decider.decisions)
 
     def admin_state(self) -> dict[str, Any]:
         return {
