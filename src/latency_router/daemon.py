@@ -48,6 +48,7 @@ log = logging.getLogger("latency_router.daemon")
 
 REPORT_EVERY_S = 5.0
 SHUTDOWN_TIMEOUT_S = 10.0
+DNS_STOP_S = 3.0  # how long a DNS write in flight may take to finish at shutdown
 LIVE_AFTER_INTERVALS = 5  # /healthz fails when no evaluation ran for this many probing intervals
 
 
@@ -546,10 +547,12 @@ class Daemon:
                     await self.save()
                     step = "stopping the DNS exporters"
                     for exporter in self.dns_runners.values():
-                        exporter.stop()
-                    for task in exporters:
-                        task.cancel()
-                    await asyncio.gather(*exporters, return_exceptions=True)
+                        exporter.stop()  # a write in flight finishes; a backoff wait ends at once
+                    if exporters:
+                        _, late = await asyncio.wait(exporters, timeout=DNS_STOP_S)
+                        for task in late:
+                            task.cancel()  # a provider that hangs must not hold the shutdown
+                        await asyncio.gather(*exporters, return_exceptions=True)
                     for exporter in self.dns_runners.values():
                         await exporter.provider.aclose()
                     step = "stopping the API"

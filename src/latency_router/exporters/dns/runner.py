@@ -96,8 +96,15 @@ class ExporterRunner:
     # --- the caller's side: never waits ----------------------------------------------------------
 
     def desire(self, record_sets: Iterable[RecordSet]) -> None:
-        """Make these record sets the state to reach; it replaces any older one not written yet."""
-        self._desired = tuple(record_sets)
+        """Make these record sets the state to reach; it replaces any older one not written yet.
+
+        The same state again changes nothing: the daemon calls this after every evaluation, and an unchanged state must
+        neither read the provider again nor cut a backoff short (a permanent error is not retried every second).
+        """
+        desired = tuple(record_sets)
+        if desired == self._desired:
+            return
+        self._desired = desired
         self._generation += 1
         if self._state != "retrying":
             self._state = "pending"
