@@ -92,6 +92,8 @@ def follow(cycles: int, work: Path) -> dict:
             for group in GROUPS:
                 d.request("/v1/admin/unpin", method="POST", token=TOKEN, body={"service": "api", "group": group})
             to_dns.append(until_served(pdns.dns_server, {EU}))
+        status = exporter(d)
+        d.stop()  # the exporter is PowerDNS's other writer: its SQLite backend would refuse concurrent writes (500)
         # baseline: a change written straight to PowerDNS's API (another name), timed the same way
         for i in range(cycles * 2):
             value = f"192.0.2.{i % 200 + 1}"
@@ -104,7 +106,6 @@ def follow(cycles: int, work: Path) -> dict:
                     break
                 time.sleep(0.005)
             baseline.append(time.perf_counter() - start)
-        status = exporter(d)
         ok = [x for x in to_dns if x is not None]
         return {
             "changes": len(to_dns),
@@ -117,7 +118,6 @@ def follow(cycles: int, work: Path) -> dict:
         }
     finally:
         if d is not None:
-            d.stop()
             d.close()
         pdns.stop()
 
