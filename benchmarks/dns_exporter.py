@@ -61,7 +61,7 @@ def until_served(server: tuple[str, int], want: set[str], timeout_s: float = 10.
 
 
 def config(pdns: PowerDNS, port: int, noisy: bool) -> str:
-    text = lab_config(port).replace(f'listen = "127.0.0.1:{port}"', f'listen = "127.0.0.1:{port}"\ntoken = "env:LR_TOKEN"')
+    text = lab_config(port, token_env="LR_TOKEN")
     if noisy:  # jitter of 4 ms on every path: twice the hysteresis margin (2 ms)
         for old in ('jitter = "1ms"', 'jitter = "500us"', 'jitter = "2ms"', 'jitter = "5ms"'):
             text = text.replace(old, 'jitter = "4ms"')

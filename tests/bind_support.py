@@ -30,6 +30,8 @@ import dns.rdatatype
 import dns.tsig
 import pytest
 
+from support import installed
+
 from latency_router.secrets import Secret
 
 ALGORITHM = "hmac-sha256"
@@ -40,11 +42,7 @@ START_ATTEMPTS = 3  # a free port can be taken between choosing it and named bin
 
 def named_binary() -> str:
     """named's path; CI installs it (scripts/setup-system), so only a local run without it may skip."""
-    path = shutil.which("named") or ("/usr/sbin/named" if os.access("/usr/sbin/named", os.X_OK) else None)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("named is missing: scripts/setup-system installs the Debian package bind9")
-        pytest.skip("named is not installed (Debian package bind9)")
+    return installed("named", "bind9", "/usr/sbin/named")
     return path
 
 

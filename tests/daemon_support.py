@@ -25,10 +25,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def lab_config(port: int, *, extra_top: str = "", events: str | None = None, services: str | None = None) -> str:
+def lab_config(port: int, *, extra_top: str = "", events: str | None = None, services: str | None = None,
+               token_env: str | None = None) -> str:
     """The lab example listening on `port`; `extra_top` goes before the first table, `events` replaces its lab events,
-    `services` its [[services]] tables."""
-    text = LAB_EXAMPLE.replace('listen = "127.0.0.1:9180"', f'listen = "127.0.0.1:{port}"')
+    `services` its [[services]] tables; `token_env` turns the admin endpoints on with the token in that variable."""
+    token = f'\ntoken = "env:{token_env}"' if token_env else ""
+    text = LAB_EXAMPLE.replace('listen = "127.0.0.1:9180"', f'listen = "127.0.0.1:{port}"{token}')
     assert f"127.0.0.1:{port}" in text
     if events is not None:
         text = re.sub(r"\n# us-east-1's direct path.*?end = \"90s\"\n", "\n" + events + "\n", text, flags=re.S)

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from support import installed
 import yaml
 
 from latency_router.config import Config, parse_config
@@ -38,11 +40,7 @@ _LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(?P<selector>.*),\s*\w+\s*\)\s
 
 def promtool() -> str:
     """promtool's path; CI installs it (scripts/setup-system), so only a local run without it may skip."""
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing: scripts/setup-system installs the Debian package prometheus")
-        pytest.skip("promtool is not installed (Debian package prometheus)")
+    return installed("promtool", "prometheus")
     return path
 
 

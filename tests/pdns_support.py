@@ -19,6 +19,8 @@ import dns.message
 import dns.query
 import pytest
 
+from support import installed
+
 SCHEMA_PATHS = (  # where Debian's pdns-backend-sqlite3 ships the schema, newest layout first
     Path("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql"),
     Path("/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql"),
@@ -28,11 +30,7 @@ START_TIMEOUT_S = 20.0
 
 def pdns_binary() -> str:
     """pdns_server's path; CI installs it (scripts/setup-system), so only a local run without it may skip."""
-    path = shutil.which("pdns_server") or next((p for p in ("/usr/sbin/pdns_server",) if os.access(p, os.X_OK)), None)
-    if path is None:
-        if os.environ.get("CI"):
-            raise RuntimeError("pdns_server is not installed (Debian packages pdns-server, pdns-backend-sqlite3)")
-        pytest.skip("pdns_server is not installed (Debian packages pdns-server and pdns-backend-sqlite3)")
+    return installed("pdns_server", "pdns-server", "/usr/sbin/pdns_server")
     return path
 
 
@@ -40,9 +38,7 @@ def schema_path() -> Path:
     for path in SCHEMA_PATHS:
         if path.is_file():
             return path
-    if os.environ.get("CI"):
-        raise RuntimeError("the gsqlite3 schema is missing (Debian package pdns-backend-sqlite3)")
-    pytest.skip("the gsqlite3 schema is missing (Debian package pdns-backend-sqlite3)")
+    raise RuntimeError("the gsqlite3 schema is missing: scripts/setup-system installs pdns-backend-sqlite3")
 
 
 def free_ports() -> tuple[int, int]:

@@ -35,3 +35,19 @@ class Row(NamedTuple):
 def row(rtt_ms: float | None, health: str = "up") -> Row:
     """A row whose every RTT statistic is rtt_ms, in the given health state."""
     return Row(rtt_ms, rtt_ms, rtt_ms, rtt_ms, health, HEALTHY[health])
+
+
+def installed(binary: str, package: str, *paths: str) -> str:
+    """The path of a binary scripts/setup-system installs: a run where the set-up ran (CI, or as root) fails without it;
+    only a local run without root may skip."""
+    import os
+    import shutil
+
+    import pytest
+
+    path = shutil.which(binary) or next((p for p in paths if os.access(p, os.X_OK)), None)
+    if path is not None:
+        return path
+    if os.environ.get("CI") or os.geteuid() == 0:
+        pytest.fail(f"{binary} is missing: scripts/setup-system installs the Debian package {package}")
+    pytest.skip(f"{binary} is not installed (Debian package {package})")

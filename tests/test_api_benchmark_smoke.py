@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from support import installed
+
 from latency_router.lab import iptables
 
 pytestmark = pytest.mark.root  # the lab's NFQUEUE delayer needs root
@@ -27,11 +29,7 @@ CHECKS = {"throughput_ratio_at_least_0.7", "p99_within_10ms", "p99_ratio_at_most
 
 
 def wrk() -> str:
-    path = shutil.which("wrk")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("wrk is missing: scripts/setup-system installs the Debian package wrk")
-        pytest.skip("wrk is not installed (Debian package wrk)")
+    return installed("wrk", "wrk")
     return path
 
 

@@ -46,8 +46,7 @@ def test_the_daemon_keeps_powerdns_in_step_through_an_outage_and_a_dns_server_re
             f'[[lab.events]]\nregion = "eu-west-1"\npath = "{p}"\nkind = "outage"\nstart = "{OUTAGE_AT_S:g}s"\n'
             f'end = "600s"\n' for p in ("direct", "accelerator"))
         port = free_port()
-        config = lab_config(port, events=events).replace(
-            f'listen = "127.0.0.1:{port}"', f'listen = "127.0.0.1:{port}"\ntoken = "env:LR_TOKEN"')
+        config = lab_config(port, events=events, token_env="LR_TOKEN")
         config += dns_toml(pdns, ZONE, NAME)
         workdir = tmp_path / "daemon"
         workdir.mkdir()

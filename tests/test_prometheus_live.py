@@ -90,8 +90,7 @@ def test_every_dashboard_and_alert_expression_returns_data_from_a_real_prometheu
         for r, p in PATHS
     )
     port = free_port()
-    token_config = lab_config(port, events=events).replace(
-        f'listen = "127.0.0.1:{port}"', f'listen = "127.0.0.1:{port}"\ntoken = "env:LR_LIVE_TOKEN"')
+    token_config = lab_config(port, events=events, token_env="LR_LIVE_TOKEN")
     workdir = tmp_path / "daemon"
     workdir.mkdir()
     daemon = Daemon(workdir, token_config, env={"LR_LIVE_TOKEN": "live-test-token"})
