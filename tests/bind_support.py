@@ -8,9 +8,7 @@ to the server but may update nothing (for REFUSED).
 from __future__ import annotations
 
 import base64
-import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +26,6 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.tsig
-import pytest
 
 from support import installed
 
@@ -43,7 +40,6 @@ START_ATTEMPTS = 3  # a free port can be taken between choosing it and named bin
 def named_binary() -> str:
     """named's path; CI installs it (scripts/setup-system), so only a local run without it may skip."""
     return installed("named", "bind9", "/usr/sbin/named")
-    return path
 
 
 def make_secret(key_name: str) -> Secret:

@@ -4,14 +4,11 @@ and a Metrics instance over a real latency table and decider."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from support import installed
 import yaml
@@ -41,7 +38,6 @@ _LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(?P<selector>.*),\s*\w+\s*\)\s
 def promtool() -> str:
     """promtool's path; CI installs it (scripts/setup-system), so only a local run without it may skip."""
     return installed("promtool", "prometheus")
-    return path
 
 
 def substitute(expr: str) -> str:

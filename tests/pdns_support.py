@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -17,7 +15,6 @@ from typing import Any
 import dns.exception
 import dns.message
 import dns.query
-import pytest
 
 from support import installed
 
@@ -31,7 +28,6 @@ START_TIMEOUT_S = 20.0
 def pdns_binary() -> str:
     """pdns_server's path; CI installs it (scripts/setup-system), so only a local run without it may skip."""
     return installed("pdns_server", "pdns-server", "/usr/sbin/pdns_server")
-    return path
 
 
 def schema_path() -> Path:

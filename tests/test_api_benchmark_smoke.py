@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +28,6 @@ CHECKS = {"throughput_ratio_at_least_0.7", "p99_within_10ms", "p99_ratio_at_most
 
 def wrk() -> str:
     return installed("wrk", "wrk")
-    return path
 
 
 def check_load(fig: dict, where: str) -> None:

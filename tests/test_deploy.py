@@ -3,9 +3,7 @@ daemon really exposes, and the systemd unit."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
