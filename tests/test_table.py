@@ -407,17 +407,23 @@ def test_group_rows_index_and_reuse():
 
     table.add_sample(RowKey("c", "r1", "direct"), ok(20.0), 6.0)
     second = table.snapshot(6.0)
-    assert second.group_rows("a") is first.group_rows("a")  # stale before and still stale: reused
-    assert second.group_rows("b") is rows_b  # untouched group: the same mapping
-    assert second.group_rows("c") is not first.group_rows("c")
+    # a group's token stays the same object exactly while none of its rows changes (data or staleness)
+    assert second.group_token("a") is first.group_token("a")  # stale before and still stale
+    assert second.group_token("b") is first.group_token("b")  # untouched
+    assert second.group_token("c") is not first.group_token("c")
+    assert second.group_token("nobody") is None
+    assert dict(second.group_rows("a")) == dict(first.group_rows("a"))
     assert second.group_rows("c")[("r1", "direct")].min_ms == 10.0
-    assert second.group_rows("c")[("r2", "direct")] is first.group_rows("c")[("r2", "direct")]
-    assert second.rows is not first.rows and second.rows[KEYS[0]] is first.rows[KEYS[0]]
+    assert second.group_rows("c")[("r2", "direct")] == first.group_rows("c")[("r2", "direct")]
+    assert second.rows is not first.rows and second.rows[KEYS[0]] == first.rows[KEYS[0]]
+    assert first.group_rows("c")[("r1", "direct")].samples == 1  # the first snapshot did not move
 
     third = table.snapshot(8.5)  # b's rows (updated at 5.0) turn stale, c's row updated at 6.0 stays fresh
-    assert third.group_rows("a") is first.group_rows("a")
+    assert third.group_token("a") is first.group_token("a")
+    assert third.group_token("b") is not first.group_token("b")
     assert {r.health for r in third.for_group("b")} == {HealthState.STALE}
-    assert third.group_rows("c")[("r1", "direct")] is second.group_rows("c")[("r1", "direct")]
+    assert {r.health for r in second.for_group("b")} == {HealthState.UNKNOWN}  # samples, no round yet; not stale
+    assert third.group_rows("c")[("r1", "direct")] == second.group_rows("c")[("r1", "direct")]
     assert third.group_rows("c")[("r2", "direct")].health is HealthState.STALE
 
     fourth = table.snapshot(8.5)

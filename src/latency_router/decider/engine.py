@@ -11,6 +11,7 @@ from latency_router.decider.pins import Pin, apply_pin
 from latency_router.decider.plan import Plan, compile_plan
 from latency_router.gcpause import gc_paused
 from latency_router.decider.policy import INITIAL, PolicyState, decide, rows_for
+from latency_router.decider.vector import CandidateBuilder, source_group
 
 if TYPE_CHECKING:
     from latency_router.config.models import Config, GroupConfig, ServiceConfig
@@ -39,7 +40,8 @@ class Decider:
             (s.name, g.name): compile_plan(config, s, g) for s in self.services for g in self.groups
         }
         self._states: dict[Key, PolicyState] = {}
-        self._rows_seen: dict[Key, Any] = {}  # the rows mapping each decision was last made from
+        self._rows_seen: dict[Key, Any] = {}  # the group token (see rows_token) each decision was last made from
+        self._builder = CandidateBuilder()
         self._live: Mapping[Key, Decision] = MappingProxyType({})  # the policies' own decisions, before pins
         self._decisions: Mapping[Key, Decision] = MappingProxyType({})  # what is handed out: pins applied
         self._drained: frozenset[str] = frozenset()
@@ -54,20 +56,24 @@ class Decider:
         states, seen, last = self._states, self._rows_seen, self._live
         out: dict[Key, Decision] = {}
         with gc_paused():
+            columns = getattr(snapshot, "columns", None)
+            prepared = self._builder.prepare(self.plans, columns) if columns is not None else None
             for key, plan in self.plans.items():
-                rows = rows_for(snapshot, plan)
+                token = rows_token(snapshot, plan)
                 state = states.get(key, INITIAL)
                 old = last.get(key)
-                # The same rows (the table reuses an unchanged group's mapping), no move last time and no challenger on a
-                # streak: decide() would return the same decision, since only a streak makes it read the clock (dwell).
-                if (rows is seen.get(key) and old is not None and state.streak == 0 and old.basis != "provisional"
-                        and not warming):
+                # The same rows (no row of the group changed), no move last time and no challenger on a streak:
+                # decide() would return the same decision, since only a streak makes it read the clock (dwell).
+                if (token is not None and token is seen.get(key) and old is not None and state.streak == 0
+                        and old.basis != "provisional" and not warming):
                     out[key] = old._replace(evaluated_at=now)
                     continue
-                decision, states[key] = decide(rows, plan, now, state, warming)
+                rows = rows_for(snapshot, plan)
+                built = prepared.get(key) if prepared is not None else None
+                decision, states[key] = decide(rows, plan, now, state, warming, built)
                 out[key] = decision
                 # a decision that just moved explains the move; the next one from the same rows will not
-                seen[key] = rows if decision.changed_at != now else None
+                seen[key] = token if decision.changed_at != now else None
         self._live = MappingProxyType(out)
         self._snapshot = snapshot
         self._publish()
@@ -151,6 +157,17 @@ class Decider:
     def state(self, service: str, group: str) -> PolicyState:
         """The policy state carried for (service, group)."""
         return self._states.get((service, group), INITIAL)
+
+
+def rows_token(snapshot: Any, plan: Plan) -> object:
+    """What stays the same object exactly while the plan's rows do not change: a column snapshot's group token, else
+    the rows mapping itself (a snapshot built from rows); None when there are no rows."""
+    columns = getattr(snapshot, "columns", None)
+    if columns is not None:
+        name = source_group(columns, plan)
+        return None if name is None else columns.tokens.get(name)
+    rows = rows_for(snapshot, plan)
+    return rows if rows else None
 
 
 def service_weights(decisions: Iterable[Decision], sizes: Mapping[str, float]) -> dict[tuple[str, str, str], int]:

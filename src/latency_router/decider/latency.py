@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from operator import itemgetter
 
 from latency_router.decider.decision import Candidate
 from latency_router.decider.plan import Plan
+
+
+_RTT = itemgetter(3)  # Candidate.rtt_ms
 
 
 def _rtt(c: Candidate) -> float:
@@ -14,4 +18,7 @@ def _rtt(c: Candidate) -> float:
 
 def apply(candidates: list[Candidate], plan: Plan, now: float) -> list[Candidate]:
     """The candidates ordered by RTT; the sort is stable, so ties keep the order they came in (the service's)."""
-    return sorted(candidates, key=_rtt)
+    try:
+        return sorted(candidates, key=_RTT)  # in C: every RTT measured (a None meets a float and raises)
+    except TypeError:
+        return sorted(candidates, key=_rtt)

@@ -27,6 +27,7 @@ STEPS: dict[str, Any] = {
     "sticky": sticky,
 }
 HELD_SELECTORS = ("first", "multivalue", "sticky", "weighted")
+_new = tuple.__new__
 DRAINED = "drained"  # what a drained region's candidate is excluded as: before every step, fail-open included
 
 
@@ -44,11 +45,27 @@ INITIAL = PolicyState()
 
 
 @functools.lru_cache(maxsize=256)
-def _compiled(steps: tuple[Step, ...]) -> tuple[tuple[str, StepFn, str | None], ...]:
-    """The chain's filters and sorter as (name, apply, label of what a filter drops), looked up once per chain."""
-    return tuple(
+def _compile(steps: tuple[Step, ...]) -> tuple[tuple[tuple[str, StepFn, str | None], ...], str | None]:
+    """The chain's filters and sorter as (name, apply, label of what a filter drops), and the sorter's name."""
+    chain = tuple(
         (s.name, STEPS[s.name].apply, STEPS[s.name].EXCLUDED if s.name in FILTERS else None) for s in steps[:-1]
     )
+    return chain, next((s.name for s in steps if s.name in SORTERS), None)
+
+
+_by_identity: dict[int, tuple[tuple[Step, ...], Any]] = {}
+
+
+def _compiled(steps: tuple[Step, ...]) -> tuple[tuple[tuple[str, StepFn, str | None], ...], str | None]:
+    """_compile(steps), found by the tuple's identity first: a plan's steps are the service's one tuple."""
+    hit = _by_identity.get(id(steps))
+    if hit is not None and hit[0] is steps:
+        return hit[1]
+    out = _compile(steps)
+    if len(_by_identity) > 1024:
+        _by_identity.clear()
+    _by_identity[id(steps)] = (steps, out)  # the tuple is kept alive, so its id is not reused while cached
+    return out
 
 
 def _run(cands: list[Candidate], plan: Plan, now: float, skip_healthy: bool) -> tuple[list[Candidate], list[Candidate]]:
@@ -59,7 +76,7 @@ def _run(cands: list[Candidate], plan: Plan, now: float, skip_healthy: bool) -> 
     if drained:
         excluded = [c._replace(excluded=DRAINED) for c in cands if c.region in drained]
         current = [c for c in cands if c.region not in drained]
-    for name, apply, label in _compiled(plan.steps):
+    for name, apply, label in _compiled(plan.steps)[0]:
         if skip_healthy and name == "healthy":
             continue
         kept = apply(current, plan, now)
@@ -71,7 +88,7 @@ def _run(cands: list[Candidate], plan: Plan, now: float, skip_healthy: bool) -> 
 
 
 def _rank_reason(plan: Plan, ranked: list[Candidate], chosen: Candidate) -> str:
-    sorter = next((s.name for s in plan.steps if s.name in SORTERS), None)
+    sorter = _compiled(plan.steps)[1]
     if sorter == "latency":
         if chosen.rtt_ms is None:
             return "no measurements yet: first in the service's order"
@@ -114,14 +131,15 @@ def _all_down(plan: Plan, now: float, state: PolicyState) -> tuple[str, tuple[st
     return "none", (), None, None, None, "none", "every region is down: no answer (all_down = 'none')"
 
 
-def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL,
-           warming: bool = False) -> tuple[Decision, PolicyState]:
+def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL, warming: bool = False,
+           candidates: tuple[list[Candidate], bool] | None = None) -> tuple[Decision, PolicyState]:
     """Decide for one (service, group) from its table rows at `now`; returns the decision and the state to pass next time.
 
     `warming`: the caller knows the picture is partial (not every path has been probed since start, e.g. after a
     restart that restored older rows): the decision is provisional, as when a healthy path has no RTT yet.
+    `candidates`: what build_candidates(rows, plan) gives, when the caller has it already (vector.py).
     """
-    cands, missing = build_candidates(rows, plan)
+    cands, missing = build_candidates(rows, plan) if candidates is None else candidates
     provisional = missing or warming
     ranked, excluded = _run(cands, plan, now, skip_healthy=False)
     fallback = None
@@ -133,7 +151,7 @@ def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL,
     incumbents, streak, note = state.incumbents, state.streak, ""
     if ranked and selector.name in HELD_SELECTORS:
         # weighted answers every candidate: hysteresis then damps each region's path choice
-        size = {"first": 1, "weighted": len(ranked)}.get(selector.name, plan.count)
+        size = 1 if selector.name == "first" else len(ranked) if selector.name == "weighted" else plan.count
         held = hold(ranked, size, plan, now, state.incumbents, state.streak, state.changed_at, rows)
         ranked, incumbents, streak, note = held.ranked, held.incumbents, held.streak, held.note
     chosen = STEPS[selector.name].apply(ranked, plan, now) if ranked else []
@@ -181,24 +199,11 @@ def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL,
     target = (region, path, answers)
     changed = state.last != target
     changed_at = now if changed or state.changed_at is None else state.changed_at
-    decision = Decision(
-        service=plan.service,
-        group=plan.group,
-        policy=plan.policy,
-        region=region,
-        path=path,
-        answers=answers,
-        rtt_ms=rtt_ms,
-        ttl=plan.ttl,
-        basis=basis,
-        reason=reason,
-        fallback=fallback,
-        path_margin_ms=path_margin,
-        candidates=(*chosen, *rest, *excluded),
-        evaluated_at=now,
-        changed_at=changed_at,
-        sticky_pool=tuple(chosen) if selector.name == "sticky" else (),
-    )
+    # positional, in Decision's field order (tuple.__new__ skips NamedTuple's keyword handling: this runs per group)
+    decision = _new(Decision, (
+        plan.service, plan.group, plan.policy, region, path, answers, rtt_ms, plan.ttl, basis, reason, fallback,
+        path_margin, (*chosen, *rest, *excluded), now, changed_at, tuple(chosen) if selector.name == "sticky" else (),
+    ))
     good = decision if fallback is None and answers else state.last_good
     return decision, PolicyState(incumbents, streak, changed_at, target, good)
 

@@ -8,10 +8,11 @@ import sys
 from array import array
 from bisect import bisect_left, insort
 from dataclasses import dataclass
-from itertools import repeat
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
+
+import numpy as np
 
 from latency_router.gcpause import gc_paused
 from latency_router.probes.base import Sample
@@ -129,6 +130,13 @@ class RowSnapshot(NamedTuple):
 
 
 _EMPTY_GROUP: Mapping[tuple[str, str], RowSnapshot] = MappingProxyType({})
+_NAN = math.nan
+# Health as the table's columns hold it; STALE exists only in snapshots (it depends on the snapshot's instant).
+_UP, _DOWN, _UNKNOWN, _STALE, _NONE = 0, 1, 2, 3, 4
+_CODE = {HealthState.UP: _UP, HealthState.DOWN: _DOWN, HealthState.UNKNOWN: _UNKNOWN}
+HEALTH_OF_CODE: tuple[Any, ...] = (HealthState.UP, HealthState.DOWN, HealthState.UNKNOWN, HealthState.STALE, "none")
+# The RowSnapshot fields a snapshot keeps as float columns (NaN for None), in this order.
+METRIC_FIELDS = ("ewma_ms", "p50_ms", "p95_ms", "p99_ms", "min_ms")
 
 
 def _index_by_group(
@@ -140,16 +148,143 @@ def _index_by_group(
     return MappingProxyType({g: MappingProxyType(m) for g, m in by_group.items()})
 
 
+class Columns:
+    """A table snapshot as columns: every row's figures and health in numpy arrays, one position per row.
+
+    Built by LatencyTable.snapshot() with a few array copies, whatever the table's size; a RowSnapshot is made from
+    them only when someone reads that row. Immutable: nothing here changes after construction (row objects are cached).
+    """
+
+    __slots__ = ("n", "keys", "index", "places", "tokens", "metrics", "jitter", "samples", "lost", "wlost",
+                 "state", "updated", "stale_mask", "healthy", "code", "window", "_lists", "_made")
+
+    def __init__(self, n: int, keys: list[RowKey], index: Mapping[tuple[str, str, str], int],
+                 places: Mapping[str, Mapping[tuple[str, str], int]], tokens: Mapping[str, object],
+                 metrics: dict[str, np.ndarray], jitter: np.ndarray, samples: np.ndarray, lost: np.ndarray,
+                 wlost: np.ndarray, state: np.ndarray, updated: np.ndarray, stale: np.ndarray,
+                 unknown_healthy: bool, window: int) -> None:
+        self.n = n
+        self.keys = keys  # the table's list of keys in the order they came: positions >= n are not in this snapshot
+        self.index = index  # the table's key -> position (shared, append-only: a position >= n is not here)
+        self.places = places  # group -> (region, path) -> position, each group's rows in key order
+        self.tokens = tokens  # group -> an object that changes whenever one of the group's rows does
+        self.metrics = metrics  # field name (ewma_ms, p50_ms, ...) -> float column, NaN where the row has no RTT
+        self.jitter, self.samples, self.lost, self.wlost = jitter, samples, lost, wlost
+        self.state, self.updated, self.stale_mask = state, updated, stale
+        self.window = window
+        # health as the policies read it: stale beats the health machine; unknown counts as configured
+        self.healthy = ~stale & ((state == _UP) | ((state == _UNKNOWN) & unknown_healthy))
+        self.code = np.where(stale, _STALE, state).astype(np.int8)
+        self._lists: list[list[Any]] | None = None
+        self._made: dict[int, RowSnapshot] = {}
+
+    def row(self, i: int) -> RowSnapshot:
+        """The RowSnapshot at position i (made once, then cached)."""
+        made = self._made.get(i)
+        if made is not None:
+            return made
+        lists = self._lists
+        if lists is None:
+            lists = self._lists = self._as_lists()
+        group, region, path = self.keys[i]
+        ewma, p50, p95, p99, low, jitter, loss, samples, lost, healthy, code, updated = (c[i] for c in lists)
+        made = self._made[i] = _new_tuple(RowSnapshot, (
+            group, region, path, _opt(ewma), _opt(p50), _opt(p95), _opt(p99), _opt(low), _opt(jitter), _opt(loss),
+            samples, lost, healthy, HEALTH_OF_CODE[code], "measured", _opt(updated),
+        ))
+        return made
+
+    def _as_lists(self) -> list[list[Any]]:
+        samples = self.samples
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loss = np.where(samples > 0, self.wlost / np.minimum(samples, self.window), _NAN)
+        jitter = np.where(samples - self.lost >= 2, self.jitter, _NAN)  # jitter needs two RTTs
+        m = self.metrics
+        return [m["ewma_ms"].tolist(), m["p50_ms"].tolist(), m["p95_ms"].tolist(), m["p99_ms"].tolist(),
+                m["min_ms"].tolist(), jitter.tolist(), loss.tolist(), samples.tolist(), self.lost.tolist(),
+                self.healthy.tolist(), self.code.tolist(), self.updated.tolist()]
+
+
+def _opt(x: Any) -> Any:
+    return None if x != x else x  # NaN stands for None
+
+
+class _Rows(Mapping[tuple[str, str, str], RowSnapshot]):
+    """A column snapshot's rows by (group, region, path), in the order they came, made on reading."""
+
+    __slots__ = ("_c",)
+
+    def __init__(self, columns: Columns) -> None:
+        self._c = columns
+
+    def __getitem__(self, key: tuple[str, str, str]) -> RowSnapshot:
+        c = self._c
+        i = c.index.get(key)
+        if i is None or i >= c.n:
+            raise KeyError(key)
+        return c.row(i)
+
+    def __iter__(self) -> Iterator[RowKey]:
+        return iter(self._c.keys[: self._c.n])
+
+    def __len__(self) -> int:
+        return self._c.n
+
+
+class _GroupRows(Mapping[tuple[str, str], RowSnapshot]):
+    """One group's rows of a column snapshot by (region, path), in key order, made on reading."""
+
+    __slots__ = ("_c", "_places")
+
+    def __init__(self, columns: Columns, places: Mapping[tuple[str, str], int]) -> None:
+        self._c = columns
+        self._places = places
+
+    def __getitem__(self, place: tuple[str, str]) -> RowSnapshot:
+        return self._c.row(self._places[place])
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._places)
+
+    def __len__(self) -> int:
+        return len(self._places)
+
+
+class _ByGroup(Mapping[str, Mapping[tuple[str, str], RowSnapshot]]):
+    __slots__ = ("_c",)
+
+    def __init__(self, columns: Columns) -> None:
+        self._c = columns
+
+    def __getitem__(self, group: str) -> Mapping[tuple[str, str], RowSnapshot]:
+        return _GroupRows(self._c, self._c.places[group])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._c.places)
+
+    def __len__(self) -> int:
+        return len(self._c.places)
+
+
 @dataclass(frozen=True, slots=True)
 class TableSnapshot:
     """Every row at one instant; read-only, safe to share without locks."""
 
     taken_at: float
-    rows: Mapping[tuple[str, str, str], RowSnapshot]
+    rows: Mapping[tuple[str, str, str], RowSnapshot] = None  # type: ignore[assignment]
     # group -> (region, path) -> row, each group's rows in key order; built from `rows` when not given.
     by_group: Mapping[str, Mapping[tuple[str, str], RowSnapshot]] = None  # type: ignore[assignment]
+    # the same rows as columns (what LatencyTable.snapshot() makes); None for a snapshot built from rows
+    columns: Columns | None = None
 
     def __post_init__(self) -> None:
+        if self.columns is not None:
+            if self.rows is None:
+                object.__setattr__(self, "rows", _Rows(self.columns))
+            if self.by_group is None:
+                object.__setattr__(self, "by_group", _ByGroup(self.columns))
+        if self.rows is None:
+            object.__setattr__(self, "rows", MappingProxyType({}))
         if self.by_group is None:
             object.__setattr__(self, "by_group", _index_by_group(self.rows))
 
@@ -160,6 +295,12 @@ class TableSnapshot:
     def group_rows(self, group: str) -> Mapping[tuple[str, str], RowSnapshot]:
         """The rows of one group keyed by (region, path), in key order; empty for an unknown group."""
         return self.by_group.get(group, _EMPTY_GROUP)
+
+    def group_token(self, group: str) -> object:
+        """An object that is the same (`is`) in two snapshots only if none of the group's rows changed in between."""
+        if self.columns is not None:
+            return self.columns.tokens.get(group)
+        return self.by_group.get(group)
 
     def for_group(self, group: str) -> tuple[RowSnapshot, ...]:
         """The rows of one group, in key order."""
@@ -176,7 +317,7 @@ _PercentileIndex = tuple[Callable[[Sequence[float]], tuple[float, ...]], float, 
 
 
 def _percentile_index(n: int) -> _PercentileIndex:
-    """For n RTTs: a getter of the data array's scalars, p50/p95/p99 neighbours and minimum, and the 3 fractions."""
+    """For n RTTs: a getter of the p50/p95/p99 neighbours and the minimum in the data array, and the 3 fractions."""
     # Ranks and fractions are computed exactly as probes.stats.percentile computes them.
     ranks: list[int] = []
     fractions: list[float] = []
@@ -185,19 +326,19 @@ def _percentile_index(n: int) -> _PercentileIndex:
         lo = math.floor(pos)
         ranks += (_DATA + lo, _DATA + min(lo + 1, n - 1))
         fractions.append(pos - lo)
-    return itemgetter(0, 1, 2, *ranks, _DATA), fractions[0], fractions[1], fractions[2]
+    return itemgetter(*ranks, _DATA), fractions[0], fractions[1], fractions[2]
 
 
 class _Row:
-    """Mutable per-row state; only the table touches it."""
+    """Mutable per-row state; only the table touches it. What snapshots show is also kept in the table's columns."""
 
-    # What a snapshot reads lives in few objects: a snapshot of many rows is bound by memory reads.
     __slots__ = (
-        "updated_at", "state", "data", "samples", "lost", "loss_bits", "key", "snap", "place", "group",
+        "i", "updated_at", "state", "data", "samples", "lost", "loss_bits", "key", "place", "group",
         "window", "next_out", "ewma_at", "fail_run", "good_run",
     )
 
-    def __init__(self, key: RowKey, place: tuple[str, str], group: "_Group") -> None:
+    def __init__(self, i: int, key: RowKey, place: tuple[str, str], group: "_Group") -> None:
+        self.i = i  # the row's position in the table's columns
         self.updated_at: float | None = None
         self.state = HealthState.UNKNOWN
         # EWMA = w_sum/w_total, a time-decayed mean (alpha = 1 - exp(-dt/tau) at regular spacing dt).
@@ -207,7 +348,6 @@ class _Row:
         self.lost = 0
         self.loss_bits = 0  # bit i set: the i-th latest sample was lost (i < window_samples)
         self.key = key
-        self.snap: RowSnapshot | None = None  # None: changed since the last snapshot, and listed in group.dirty
         self.place = place
         self.group = group
         self.window = array("d")  # the same RTTs in arrival order; once full a ring, next_out the oldest
@@ -218,29 +358,22 @@ class _Row:
 
 
 class _Group:
-    """Mutable per-group state: its rows and the mapping last published for it."""
+    """Mutable per-group state: its rows, and whether they changed since the last snapshot."""
 
-    __slots__ = ("rows", "places", "dirty", "reshaped", "mapping", "view", "fresh_bound", "stale_bound")
+    __slots__ = ("name", "gid", "rows", "dirty", "reshaped", "places", "token")
 
-    def __init__(self) -> None:
-        self.rows: dict[tuple[str, str], _Row] = {}  # by (region, path), in key order after each snapshot
-        self.places: tuple[tuple[str, str], ...] = ()
-        self.dirty: list[_Row] = []  # rows changed since the last snapshot
+    def __init__(self, name: str, gid: int) -> None:
+        self.name = name
+        self.gid = gid
+        self.rows: dict[tuple[str, str], _Row] = {}  # by (region, path)
+        self.dirty = False  # a row changed since the last snapshot (the group is then listed in the table's _changed)
         self.reshaped = False  # rows were added since the last snapshot
-        self.mapping: dict[tuple[str, str], RowSnapshot] = {}
-        self.view: Mapping[tuple[str, str], RowSnapshot] = _EMPTY_GROUP
-        # Staleness grows with age: no row published fresh was updated before fresh_bound, no stale one after
-        # stale_bound, so no row's staleness flips while now - fresh_bound <= K and now - stale_bound > K.
-        self.fresh_bound: float | None = None
-        self.stale_bound: float | None = None
+        self.places: Mapping[tuple[str, str], int] = _EMPTY_PLACES  # (region, path) -> position, in key order
+        self.token: object = None
 
 
+_EMPTY_PLACES: Mapping[tuple[str, str], int] = MappingProxyType({})
 _new_tuple = tuple.__new__
-_updated_at = attrgetter("updated_at")
-_key_of = attrgetter("key")
-_place_of = attrgetter("place")
-_snap_of = attrgetter("snap")
-_HEALTH = RowSnapshot._fields.index("health")
 
 
 # export_state(): the format number and each row's fields, in order. window: the RTT ring as float64 bytes in the
@@ -252,8 +385,17 @@ _STATE_FIELDS = (
 )
 
 
+def _column(buffer: array, n: int, dtype: Any) -> np.ndarray:
+    """A copy of the first n items of an array('d'/'q'/'b') column (the buffer is released at once)."""
+    return np.frombuffer(buffer, dtype, n).copy() if n else np.zeros(0, dtype)
+
+
 class LatencyTable:
-    """Per (group, region, path) statistics and health, fed by samples and rounds, read through snapshots."""
+    """Per (group, region, path) statistics and health, fed by samples and rounds, read through snapshots.
+
+    Each row keeps its own state (for the arithmetic), and writes what a snapshot shows into the table's columns as it
+    changes: a snapshot is then a copy of the columns, whatever the number of rows.
+    """
 
     def __init__(self, config: TableConfig | None = None) -> None:
         self.config = config or TableConfig()
@@ -264,9 +406,18 @@ class LatencyTable:
         self._window = self.config.window_samples
         self._loss_mask = (1 << self._window) - 1
         self._pct_index: dict[int, _PercentileIndex] = {}
-        self._new_keys: list[RowKey] = []
-        self._flat: dict[tuple[str, str, str], RowSnapshot] = {}
-        self._index: dict[str, Mapping[tuple[str, str], RowSnapshot]] = {}
+        self._keys: list[RowKey] = []
+        self._index: dict[tuple[str, str, str], int] = {}
+        self._changed: list[_Group] = []
+        # the columns, one item per row: metrics NaN until the first RTT, updated NaN until the first sample
+        self._ewma, self._p50, self._p95, self._p99, self._min = (array("d") for _ in range(5))
+        self._jitter = array("d")
+        self._updated = array("d")
+        self._samples, self._lost, self._wlost = array("q"), array("q"), array("q")
+        self._state = array("b")
+        self._gid = array("q")
+        self._tokens: dict[str, object] = {}
+        self._group_places: dict[str, Mapping[tuple[str, str], int]] = {}
         self._last: TableSnapshot | None = None
 
     def _row(self, key: tuple[str, str, str]) -> _Row:
@@ -275,15 +426,30 @@ class LatencyTable:
             key = RowKey(*key)
             group = self._groups.get(key.group)
             if group is None:
-                group = self._groups[key.group] = _Group()
+                group = self._groups[key.group] = _Group(key.group, len(self._groups))
             place = (key.region, key.path)
-            place = self._places.setdefault(place, place)  # one tuple per (region, path): fewer objects to read
-            row = self._rows[key] = _Row(key, place, group)
-            group.rows[row.place] = row
-            group.dirty.append(row)
+            place = self._places.setdefault(place, place)  # one tuple per (region, path): fewer objects
+            i = len(self._keys)
+            row = self._rows[key] = _Row(i, key, place, group)
+            group.rows[place] = row
             group.reshaped = True
-            self._new_keys.append(key)
+            self._touch(group)
+            self._keys.append(key)
+            self._index[key] = i
+            for col in (self._ewma, self._p50, self._p95, self._p99, self._min, self._updated):
+                col.append(_NAN)
+            self._jitter.append(0.0)
+            self._samples.append(0)
+            self._lost.append(0)
+            self._wlost.append(0)
+            self._state.append(_UNKNOWN)
+            self._gid.append(group.gid)
         return row
+
+    def _touch(self, group: _Group) -> None:
+        if not group.dirty:
+            group.dirty = True
+            self._changed.append(group)
 
     def ensure(self, key: tuple[str, str, str]) -> None:
         """Create the row if it is missing, so it shows as unknown before any data."""
@@ -319,12 +485,8 @@ class LatencyTable:
         with gc_paused():
             parsed = _parse_state(state, self._window, keep)
             for key, values, window, next_out, ordered in parsed:
-                row = self._rows.get(key)
-                if row is None:
-                    row = self._row(key)
-                elif row.snap is not None:
-                    row.snap = None
-                    row.group.dirty.append(row)
+                row = self._row(key)
+                self._touch(row.group)
                 (row.state, row.fail_run, row.good_run, row.samples, row.lost, row.loss_bits,
                  row.updated_at, row.ewma_at, w_sum, w_total, jitter) = values
                 row.loss_bits &= self._loss_mask
@@ -332,25 +494,82 @@ class LatencyTable:
                 row.next_out = next_out
                 row.data = data = array("d", (w_sum, w_total, jitter))
                 data.fromlist(sorted(ordered))  # stable: equal RTTs keep arrival order, as insort does
+                self._sync(row)
         return len(parsed)
+
+    def _sync(self, row: _Row) -> None:
+        """Write every column of the row from its state."""
+        i = row.i
+        self._samples[i] = row.samples
+        self._lost[i] = row.lost
+        self._wlost[i] = row.loss_bits.bit_count()
+        self._updated[i] = _NAN if row.updated_at is None else row.updated_at
+        self._state[i] = _CODE[row.state]
+        data = row.data
+        self._jitter[i] = data[2]
+        if len(data) > _DATA:
+            self._ewma[i] = data[0] / data[1]
+            self._percentiles(row)
+        else:
+            self._ewma[i] = self._p50[i] = self._p95[i] = self._p99[i] = self._min[i] = _NAN
+
+    def _percentiles(self, row: _Row) -> None:
+        """Write the row's p50, p95, p99 and minimum columns from its sorted window (at least one RTT)."""
+        data = row.data
+        n = len(data) - _DATA
+        try:
+            pick, f50, f95, f99 = self._pct_index[n]
+        except KeyError:
+            pick, f50, f95, f99 = self._pct_index[n] = _percentile_index(n)
+        a50, b50, a95, b95, a99, b99, low = pick(data)
+        # The interpolation and clamp of probes.stats.percentile, step for step, so values are equal.
+        p50 = a50 + (b50 - a50) * f50
+        if p50 < a50:
+            p50 = a50
+        elif p50 > b50:
+            p50 = b50
+        p95 = a95 + (b95 - a95) * f95
+        if p95 < a95:
+            p95 = a95
+        elif p95 > b95:
+            p95 = b95
+        p99 = a99 + (b99 - a99) * f99
+        if p99 < a99:
+            p99 = a99
+        elif p99 > b99:
+            p99 = b99
+        i = row.i
+        self._p50[i] = p50
+        self._p95[i] = p95
+        self._p99[i] = p99
+        self._min[i] = low
 
     def add_sample(self, key: tuple[str, str, str], sample: Sample, now: float) -> None:
         """Fold one probe result into its row; a lost sample counts towards loss and nothing else."""
         row = self._rows.get(key)  # type: ignore[call-overload]
         if row is None:
             row = self._row(key)
-        elif row.snap is not None:
-            row.snap = None
-            row.group.dirty.append(row)
-        row.samples += 1
-        row.updated_at = now
+        group = row.group
+        if not group.dirty:
+            group.dirty = True
+            self._changed.append(group)
+        i = row.i
+        row.samples = self._samples[i] = row.samples + 1
+        row.updated_at = self._updated[i] = now
         rtt = sample.rtt_ms
         if rtt is None:
-            row.loss_bits = ((row.loss_bits << 1) | 1) & self._loss_mask
-            row.lost += 1
+            bits = row.loss_bits
+            if bits >> (self._window - 1):
+                self._wlost[i] -= 1  # the oldest outcome, a loss, leaves the window
+            row.loss_bits = ((bits << 1) | 1) & self._loss_mask
+            self._wlost[i] += 1
+            row.lost = self._lost[i] = row.lost + 1
             return
-        if row.loss_bits:
-            row.loss_bits = (row.loss_bits << 1) & self._loss_mask
+        bits = row.loss_bits
+        if bits:
+            if bits >> (self._window - 1):
+                self._wlost[i] -= 1
+            row.loss_bits = (bits << 1) & self._loss_mask
         data = row.data
         window = row.window
         last = window[row.next_out - 1] if window else None  # the newest RTT so far
@@ -368,38 +587,42 @@ class LatencyTable:
         w_total = data[1]
         if w_total and dt > 0:
             decay = math.exp(-dt / self.config.ewma_tau_s)
-            data[0] = data[0] * decay + rtt
-            data[1] = w_total * decay + 1.0
+            w_sum = data[0] = data[0] * decay + rtt
+            w_total = data[1] = w_total * decay + 1.0
         else:
-            data[0] = data[0] + rtt
-            data[1] = w_total + 1.0
+            w_sum = data[0] = data[0] + rtt
+            w_total = data[1] = w_total + 1.0
+        self._ewma[i] = w_sum / w_total
         row.ewma_at = now
         if last is not None:
             # RFC 3550 section 6.4.1: J += (|D| - J) / 16, D the difference of consecutive transit times.
             j = data[2]
-            data[2] = j + (abs(rtt - last) - j) / 16.0
+            self._jitter[i] = data[2] = j + (abs(rtt - last) - j) / 16.0
+        self._percentiles(row)
 
     def add_round(self, key: tuple[str, str, str], round_loss_ratio: float, now: float) -> None:
         """Step the row's health machine by one round: it fails when its loss ratio reaches loss_threshold."""
         row = self._row(key)
-        if row.snap is not None:
-            row.snap = None
-            row.group.dirty.append(row)
+        group = row.group
+        if not group.dirty:
+            group.dirty = True
+            self._changed.append(group)
         cfg = self.config
-        row.updated_at = now
+        row.updated_at = self._updated[row.i] = now
+        state = row.state
         if round_loss_ratio >= cfg.loss_threshold:
             row.fail_run += 1
             row.good_run = 0
-            if row.state is not HealthState.DOWN and row.fail_run >= cfg.fail_after:
+            if state is not HealthState.DOWN and row.fail_run >= cfg.fail_after:
                 row.state = HealthState.DOWN
+                self._state[row.i] = _DOWN
         else:
             row.good_run += 1
             row.fail_run = 0
             # A fresh row that answers is usable at once; a down one must prove itself recover_after times.
-            if row.state is HealthState.UNKNOWN or (
-                row.state is HealthState.DOWN and row.good_run >= cfg.recover_after
-            ):
+            if state is HealthState.UNKNOWN or (state is HealthState.DOWN and row.good_run >= cfg.recover_after):
                 row.state = HealthState.UP
+                self._state[row.i] = _UP
 
     def add_round_result(self, key: tuple[str, str, str], rnd: "Round", now: float) -> None:
         """Fold a scheduler Round: each of its samples, then the round itself."""
@@ -408,167 +631,58 @@ class LatencyTable:
         self.add_round(key, rnd.loss_ratio, now)
 
     def snapshot(self, now: float) -> TableSnapshot:
-        """An immutable view of every row at `now`; rows and groups unchanged since the last call are reused."""
+        """An immutable view of every row at `now`: copies of the columns; unchanged ones are reused."""
         with gc_paused():
             return self._snapshot(now)
 
     def _snapshot(self, now: float) -> TableSnapshot:
-        stale_after_s = self._stale_after_s
-        flat: dict[tuple[str, str, str], RowSnapshot] | None = None
-        views: list[tuple[str, Mapping[tuple[str, str], RowSnapshot]]] = []
-        for name, group in self._groups.items():
-            fresh_bound = group.fresh_bound
-            stale_bound = group.stale_bound
-            timely = (fresh_bound is None or not now - fresh_bound > stale_after_s) and (
-                stale_bound is None or now - stale_bound > stale_after_s
-            )
-            if timely and not group.dirty:
-                continue
-            built, snaps = self._refresh(group, now, timely)
-            if not built:
-                continue
-            if flat is None:
-                flat = self._flat.copy()
-                if self._new_keys:
-                    flat.update(dict.fromkeys(self._new_keys))  # placeholders keep the rows in the order they came
-                    self._new_keys = []
-            flat.update(zip(map(_key_of, built), snaps))  # now, while these rows are still in the CPU's caches
-            views.append((name, group.view))
+        n = len(self._keys)
+        updated = _column(self._updated, n, np.float64)
+        with np.errstate(invalid="ignore"):
+            stale = (now - updated) > self._stale_after_s  # NaN (never updated) is never stale
         last = self._last
-        if flat is None and last is not None:
-            self._last = TableSnapshot(taken_at=now, rows=last.rows, by_group=last.by_group)
-            return self._last
-        if flat is None:
-            flat = {}
-        index = self._index.copy()
-        index.update(views)
-        self._flat = flat
-        self._index = index
-        self._last = TableSnapshot(taken_at=now, rows=MappingProxyType(flat), by_group=MappingProxyType(index))
+        changed, self._changed = self._changed, []
+        flipped: Iterable[int] = ()
+        if last is not None:
+            before = last.columns.stale_mask  # type: ignore[union-attr]
+            m = len(before)
+            flips = np.flatnonzero(stale[:m] != before)
+            if not changed and not len(flips):
+                self._last = TableSnapshot(taken_at=now, rows=last.rows, by_group=last.by_group, columns=last.columns)
+                return self._last
+            if len(flips):
+                flipped = np.unique(_column(self._gid, n, np.int64)[flips]).tolist()
+        groups = list(self._groups.values())
+        touched = {g.gid: g for g in changed}
+        for gid in flipped:
+            touched.setdefault(gid, groups[gid])
+        if touched:
+            tokens = self._tokens = self._tokens.copy()
+            reshaped = [g for g in touched.values() if g.reshaped]
+            if reshaped:
+                places = self._group_places = self._group_places.copy()
+                for g in reshaped:
+                    g.places = MappingProxyType({p: g.rows[p].i for p in sorted(g.rows)})
+                    places[g.name] = g.places
+                    g.reshaped = False
+            for g in touched.values():
+                g.dirty = False
+                g.token = tokens[g.name] = object()
+        metrics = {
+            "ewma_ms": _column(self._ewma, n, np.float64),
+            "p50_ms": _column(self._p50, n, np.float64),
+            "p95_ms": _column(self._p95, n, np.float64),
+            "p99_ms": _column(self._p99, n, np.float64),
+            "min_ms": _column(self._min, n, np.float64),
+        }
+        columns = Columns(
+            n, self._keys, self._index, self._group_places, self._tokens, metrics,
+            _column(self._jitter, n, np.float64), _column(self._samples, n, np.int64),
+            _column(self._lost, n, np.int64), _column(self._wlost, n, np.int64),
+            _column(self._state, n, np.int8), updated, stale, self.config.unknown_healthy, self._window,
+        )
+        self._last = TableSnapshot(taken_at=now, columns=columns)
         return self._last
-
-    def _refresh(self, group: _Group, now: float, timely: bool) -> tuple[list[_Row], list[RowSnapshot]]:
-        """Rebuild the group's changed rows and its view (looking at dirty rows only when `timely`); returns them."""
-        stale_after_s = self._stale_after_s
-        reshaped = group.reshaped
-        full = not timely or reshaped
-        if reshaped:
-            group.rows = dict(sorted(group.rows.items()))
-            group.places = tuple(group.rows)
-            group.reshaped = False
-        every = len(group.dirty) == len(group.rows)
-        rows = list(group.rows.values()) if full or every else group.dirty
-        group.dirty = []
-        seen = list(map(_updated_at, rows))
-        stales: Iterable[bool] | None = None
-        # Usually every row looked at is fresh (or every one stale): decide that once, with min and max in C.
-        if None not in seen:
-            oldest, newest = min(seen), max(seen)
-            if not now - oldest > stale_after_s:
-                stales, fresh_bound, stale_bound = repeat(False), oldest, None
-            elif now - newest > stale_after_s:
-                stales, fresh_bound, stale_bound = repeat(True), None, newest
-        if stales is None:
-            stales = [u is not None and now - u > stale_after_s for u in seen]
-            fresh = [u for u, stale in zip(seen, stales) if u is not None and not stale]
-            old = [u for u, stale in zip(seen, stales) if stale]
-            fresh_bound = min(fresh) if fresh else None
-            stale_bound = max(old) if old else None
-        if not (full or every):
-            # Only some rows were looked at: widen the bounds, never narrow them.
-            if group.fresh_bound is not None and (fresh_bound is None or group.fresh_bound < fresh_bound):
-                fresh_bound = group.fresh_bound
-            if group.stale_bound is not None and (stale_bound is None or group.stale_bound > stale_bound):
-                stale_bound = group.stale_bound
-        group.fresh_bound = fresh_bound
-        group.stale_bound = stale_bound
-        if full:
-            # Rows whose data and staleness are both unchanged keep their snapshot.
-            health = _HEALTH
-            stale_state = HealthState.STALE
-            pairs = [
-                (row, stale)
-                for row, stale in zip(rows, stales)
-                if row.snap is None or (row.snap[health] is stale_state) is not stale
-            ]
-            if len(pairs) < len(rows):
-                every = False
-                rows = [row for row, _ in pairs]
-                stales = [stale for _, stale in pairs]
-        if not rows:
-            return rows, []
-        snaps = self._build(rows, stales)
-        if every:
-            mapping = dict(zip(group.places, snaps))
-        elif reshaped:
-            mapping = dict(zip(group.places, map(_snap_of, group.rows.values())))  # new rows take their place in order
-        else:
-            mapping = group.mapping.copy()
-            mapping.update(zip(map(_place_of, rows), snaps))
-        group.mapping = mapping
-        group.view = MappingProxyType(mapping)
-        return rows, snaps
-
-    def _build(self, rows: list[_Row], stales: Iterable[bool]) -> list[RowSnapshot]:
-        """Fresh snapshots of the rows (and store each in its row); stales says which rows are stale."""
-        unknown_healthy = self.config.unknown_healthy
-        window = self._window
-        pct_index = self._pct_index
-        new, row_snapshot = _new_tuple, RowSnapshot
-        up, unknown, stale_state = HealthState.UP, HealthState.UNKNOWN, HealthState.STALE
-        snaps: list[RowSnapshot] = []
-        append = snaps.append
-        # One pass, everything inline: this loop runs once per changed row of the whole table.
-        for row, stale in zip(rows, stales):
-            if stale:
-                health = stale_state
-                healthy = False
-            else:
-                health = row.state
-                healthy = health is up or (health is unknown and unknown_healthy)
-            data = row.data
-            samples = row.samples
-            lost = row.lost
-            n = len(data) - _DATA
-            if n:
-                try:
-                    pick, f50, f95, f99 = pct_index[n]
-                except KeyError:
-                    pick, f50, f95, f99 = pct_index[n] = _percentile_index(n)
-                w_sum, w_total, jitter, a50, b50, a95, b95, a99, b99, low = pick(data)
-                # The interpolation and clamp of probes.stats.percentile, step for step, so values are equal.
-                p50 = a50 + (b50 - a50) * f50
-                if p50 < a50:
-                    p50 = a50
-                elif p50 > b50:
-                    p50 = b50
-                p95 = a95 + (b95 - a95) * f95
-                if p95 < a95:
-                    p95 = a95
-                elif p95 > b95:
-                    p95 = b95
-                p99 = a99 + (b99 - a99) * f99
-                if p99 < a99:
-                    p99 = a99
-                elif p99 > b99:
-                    p99 = b99
-                ewma = w_sum / w_total
-                if samples - lost < 2:
-                    jitter = None  # jitter needs two RTTs
-            else:
-                ewma = p50 = p95 = p99 = low = jitter = None
-            bits = row.loss_bits
-            if bits:
-                loss = bits.bit_count() / (samples if samples < window else window)
-            else:
-                loss = 0 / samples if samples else None  # the same 0.0 that lost/sent gives
-            group_name, region, path = row.key
-            snap = row.snap = new(row_snapshot, (
-                group_name, region, path, ewma, p50, p95, p99, low, jitter, loss,
-                samples, lost, healthy, health, "measured", row.updated_at,
-            ))
-            append(snap)
-        return snaps
 
 
 def _parse_state(
