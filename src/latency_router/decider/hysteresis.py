@@ -10,7 +10,7 @@ Held members keep their order, so a reorder inside a held set (noise) is not a c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from latency_router.decider.candidates import Rows, beats, path_candidate
 from latency_router.decider.decision import Candidate
@@ -19,8 +19,7 @@ from latency_router.decider.plan import Plan
 Target = tuple[str, str]  # (region, path)
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
+class Held(NamedTuple):
     """The ranking with the held incumbents first, the streak to carry on, and what happened in words."""
 
     ranked: list[Candidate]
@@ -49,8 +48,8 @@ def hold(
     desired = ranked[:size]
     if not incumbents:
         return Held(ranked, tuple((c.region, c.path) for c in desired), 0, "")
-    if len(desired) == len(incumbents) and all((c.region, c.path) == t for c, t in zip(desired, incumbents)):
-        return Held(ranked, incumbents, 0, "")  # the incumbents lead: nothing to contest
+    if len(desired) == len(incumbents) and all(c[:2] == t for c, t in zip(desired, incumbents)):  # (region, path)
+        return tuple.__new__(Held, (ranked, incumbents, 0, ""))  # the incumbents lead: nothing to contest
     position = {c.region: i for i, c in enumerate(ranked)}
     held: list[Candidate] = []
     notes: list[str] = []

@@ -147,14 +147,14 @@ def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL, war
         # Route 53: when every record is unhealthy, answer as if all were healthy
         fallback = "fail-open"
         ranked, excluded = _run(cands, plan, now, skip_healthy=True)
-    selector = plan.steps[-1]
+    selector = plan.steps[-1].name
     incumbents, streak, note = state.incumbents, state.streak, ""
-    if ranked and selector.name in HELD_SELECTORS:
+    if ranked and selector in HELD_SELECTORS:
         # weighted answers every candidate: hysteresis then damps each region's path choice
-        size = 1 if selector.name == "first" else len(ranked) if selector.name == "weighted" else plan.count
+        size = 1 if selector == "first" else len(ranked) if selector == "weighted" else plan.count
         held = hold(ranked, size, plan, now, state.incumbents, state.streak, state.changed_at, rows)
         ranked, incumbents, streak, note = held.ranked, held.incumbents, held.streak, held.note
-    chosen = STEPS[selector.name].apply(ranked, plan, now) if ranked else []
+    chosen = STEPS[selector].apply(ranked, plan, now) if ranked else []
     if chosen:
         top = chosen[0]
         region, path, rtt_ms = top.region, top.path, top.rtt_ms
@@ -165,8 +165,8 @@ def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL, war
             basis = "provisional"
             incumbents, streak = (), 0
         parts = [f"{region} via {path}: {_rank_reason(plan, ranked, top)}"]
-        if selector.name != "first":
-            parts.append(f"{selector.name} selector gives {len(chosen)} answer{'s' if len(chosen) != 1 else ''}")
+        if selector != "first":
+            parts.append(f"{selector} selector gives {len(chosen)} answer{'s' if len(chosen) != 1 else ''}")
         if fallback:
             parts.insert(0, "every region is down: fail-open, answering as if all were healthy")
         parts += [p for p in (_path_reason(top, plan), note) if p]
@@ -174,11 +174,12 @@ def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL, war
             parts.append("provisional: some healthy paths have no measurement yet")
         elif warming:
             parts.append("provisional: not every path has been probed since the start")
-        down = [c.region for c in excluded if c.excluded == healthy.EXCLUDED]
-        if down and not fallback:
-            parts.append("down: " + ", ".join(down))
-        if drained := [c.region for c in excluded if c.excluded == DRAINED]:
-            parts.append("drained by an operator: " + ", ".join(drained))
+        if excluded:
+            down = [c.region for c in excluded if c.excluded == healthy.EXCLUDED]
+            if down and not fallback:
+                parts.append("down: " + ", ".join(down))
+            if drained := [c.region for c in excluded if c.excluded == DRAINED]:
+                parts.append("drained by an operator: " + ", ".join(drained))
         reason = "; ".join(parts)
         path_margin = top.path_margin_ms
     elif not any(c.excluded == healthy.EXCLUDED for c in excluded):
@@ -191,7 +192,7 @@ def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL, war
         fallback, answers, region, path, rtt_ms, basis, reason = _all_down(plan, now, state)
         path_margin = None
         incumbents, streak = (), 0
-    if selector.name == "first" and chosen:
+    if selector == "first" and chosen:
         rest = ranked[1:]  # first takes ranked[0]
     else:
         chosen_regions = {c.region for c in chosen}
@@ -202,10 +203,10 @@ def decide(rows: Rows, plan: Plan, now: float, state: PolicyState = INITIAL, war
     # positional, in Decision's field order (tuple.__new__ skips NamedTuple's keyword handling: this runs per group)
     decision = _new(Decision, (
         plan.service, plan.group, plan.policy, region, path, answers, rtt_ms, plan.ttl, basis, reason, fallback,
-        path_margin, (*chosen, *rest, *excluded), now, changed_at, tuple(chosen) if selector.name == "sticky" else (),
+        path_margin, (*chosen, *rest, *excluded), now, changed_at, tuple(chosen) if selector == "sticky" else (),
     ))
     good = decision if fallback is None and answers else state.last_good
-    return decision, PolicyState(incumbents, streak, changed_at, target, good)
+    return decision, _new(PolicyState, (incumbents, streak, changed_at, target, good))
 
 
 def rows_for(snapshot: Any, plan: Plan) -> Mapping[tuple[str, str], Any]:
