@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
+import re
 import time
+import traceback
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from itertools import count
@@ -237,6 +240,50 @@ async def test_current_reads_back_what_was_applied(pdns: PowerDNS, zone: str, pr
     assert await provider.current([]) == {}
 
 
+async def test_list_keys_gives_the_address_sets_at_the_names(pdns: PowerDNS, zone: str,
+                                                             provider: PowerDNSProvider) -> None:
+    name, single, hand, empty = f"lk.{zone}", f"one.{zone}", f"hand.{zone}", f"empty.{zone}"
+    sets = [
+        weighted(name, ("192.0.2.1", 1), ("192.0.2.2", 3)),  # a LUA A record ...
+        scoped(name, "eu", ("10.1.0.0/16",), ("198.51.100.1", 1)),  # ... holding this group's set too
+        weighted(name, ("2001:db8::1", 1), ("2001:db8::2", 1), rtype="AAAA"),
+        weighted(single, ("192.0.2.9", 5)),  # a plain A RRset
+    ]
+    await create(provider, *sets)
+    pdns.patch(zone, [
+        {"name": name, "type": "TXT", "ttl": 60, "changetype": "REPLACE",
+         "records": [{"content": '"not an address"', "disabled": False}]},
+        {"name": name, "type": "MX", "ttl": 60, "changetype": "REPLACE",
+         "records": [{"content": f"10 mail.{zone}", "disabled": False}]},
+        {"name": hand, "type": "AAAA", "ttl": 60, "changetype": "REPLACE",  # written by hand: still an address set
+         "records": [{"content": "2001:db8::99", "disabled": False}]},
+        {"name": empty, "type": "TXT", "ttl": 60, "changetype": "REPLACE",
+         "records": [{"content": '"only text here"', "disabled": False}]},
+    ])
+    # another's LUA TXT record beside the LUA A and AAAA ones
+    [lua] = [r for r in pdns.rrsets(zone) if r["name"] == name and r["type"] == "LUA"]
+    pdns.patch(zone, [{"name": name, "type": "LUA", "ttl": lua["ttl"], "changetype": "REPLACE",
+                       "records": lua["records"] + [{"content": "TXT \"'someone else'\"", "disabled": False}],
+                       "comments": lua["comments"]}])
+
+    want = [(name, "A", None), (name, "A", "eu"), (name, "AAAA", None), (single, "A", None), (hand, "AAAA", None)]
+    got = await provider.list_keys([single, name, empty, hand, f"nothing.{zone}", "x.elsewhere.test.", name])
+    assert got == sorted(want, key=lambda k: (k[0], k[1], k[2] or ""))
+    assert set(await provider.current(got)) == set(got)  # the keys current() reads, no more
+    assert await provider.list_keys([name]) == [(name, "A", None), (name, "A", "eu"), (name, "AAAA", None)]
+    assert await provider.list_keys([empty]) == []
+    assert await provider.list_keys([]) == []
+
+    await provider.apply([Change(sets[1], None), Change(sets[3], None)])
+    assert await provider.list_keys([name, single]) == [(name, "A", None), (name, "AAAA", None)]
+
+    for names, field in (([name, "Upper.lr.test."], "names[1]"), ([f"lk.{zone}".rstrip(".")], "names[0]"),
+                         (name, "names")):
+        with pytest.raises(ProviderError, match=rf"^powerdns: {re.escape(field)}: ") as caught:
+            await provider.list_keys(names)  # type: ignore[arg-type]
+        assert caught.value.retryable is False
+
+
 async def test_verify_catches_a_broken_lua_record(pdns: PowerDNS, zone: str, provider: PowerDNSProvider) -> None:
     name = f"b.{zone}"
     good = [
@@ -303,6 +350,55 @@ async def test_api_key_never_shows(pdns: PowerDNS, zone: str) -> None:
         assert err.retryable is True and WRONG_KEY not in str(err) and err.__context__ is None and err.__cause__ is None
     finally:
         await p.aclose()
+
+
+async def test_no_secret_shows_when_calls_fail_even_at_debug(pdns: PowerDNS, zone: str,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    password = "hunter2-pdns-url-password"
+    port = pdns.api_url.rsplit(":", 1)[1]
+    closed, _ = free_ports()
+    key = (f"x.{zone}", "A", None)
+    shown: list[str] = []
+
+    def show(exc: BaseException) -> None:
+        shown.extend([str(exc), repr(exc), *traceback.format_exception(exc)])
+
+    # a user and password in the URL go to the server as basic auth; they never show
+    good = PowerDNSProvider(f"http://user:{password}@127.0.0.1:{port}", Secret(API_KEY, "env:K"), zone,
+                            dns_server=pdns.dns_server)
+    wrong = PowerDNSProvider(f"http://user:{password}@127.0.0.1:{port}/", Secret(WRONG_KEY, "env:K"), zone,
+                             dns_server=pdns.dns_server)
+    down = PowerDNSProvider(f"https://user:{password}@127.0.0.1:{closed}/api/v1", Secret(WRONG_KEY, "env:K"), zone,
+                            dns_server=("127.0.0.1", closed), timeout_s=1.0)
+    try:
+        await create(good, weighted(f"x.{zone}", ("192.0.2.1", 1)))
+        assert await good.list_keys([f"x.{zone}"]) == [key]
+        for p, status in ((wrong, "HTTP 401"), (down, "ClientConnectorError")):
+            for call in (lambda: p.current([key]), lambda: p.list_keys([key[0]]),
+                         lambda: p.apply([Change(None, weighted(f"y.{zone}", ("192.0.2.1", 1)))])):
+                with pytest.raises(ProviderError) as caught:
+                    await call()
+                assert status in str(caught.value), str(caught.value)
+                show(caught.value)
+        assert f"https://127.0.0.1:{closed}/api/v1/servers/localhost" in shown[0] + "".join(shown)
+        lines = await down.verify([weighted(f"x.{zone}", ("192.0.2.1", 1))])
+        assert len(lines) == 1 and f"127.0.0.1:{closed}" in lines[0]
+        shown += lines + [repr(p) for p in (good, wrong, down)] + [str(p) for p in (good, wrong, down)]
+    finally:
+        for p in (good, wrong, down):
+            await p.aclose()
+    for url in (f"ftp://user:{password}@127.0.0.1:{port}", f"http://127.0.0.1:{port}/?api-key={password}",
+                f"http://user:{password}@127.0.0.1:port"):
+        with pytest.raises(ValueError, match="^api_url: ") as refused:
+            PowerDNSProvider(url, Secret(API_KEY, "env:K"), zone)
+        show(refused.value)
+    shown.append(caplog.text)
+    shown += [str(r.__dict__) for r in caplog.records]
+    text = "\n".join(shown)
+    assert "HTTP 401" in text and "127.0.0.1" in text  # the messages are there to read
+    for secret in (password, "user:", API_KEY, WRONG_KEY):
+        assert secret not in text, secret
 
 
 async def test_api_errors_carry_powerdns_text(pdns: PowerDNS, zone: str, provider: PowerDNSProvider) -> None:

@@ -4,6 +4,7 @@ badly signed ones are refused, per-group answers differ by view key, and no TSIG
 from __future__ import annotations
 
 import logging
+import re
 import time
 import traceback
 from collections.abc import Iterator
@@ -159,6 +160,45 @@ async def test_current_reads_back_what_was_applied(bind: BindServer) -> None:
     assert await p.verify(sets) == []
 
 
+async def test_list_keys_gives_the_address_sets_of_every_view(bind: BindServer) -> None:
+    p = provider(bind)
+    sets = [
+        rset(bind, "lk", {"192.0.2.1": 1, "192.0.2.2": 2}),
+        rset(bind, "lk", {"198.51.100.1": 1}, scope="eu"),
+        rset(bind, "lk", {"2001:db8::1": 1}, rtype="AAAA", scope="us"),
+        rset(bind, "other", {"2001:db8::2": 1}, rtype="AAAA"),
+    ]
+    await p.apply([Change(None, s) for s in sets])
+    # other types at the same name, written by hand in the default and eu views; a name with only text
+    for key in ("main", "eu"):
+        update = dns.update.UpdateMessage(bind.zone, keyring=keyring(key, bind.keys[key]),
+                                          keyname=dns.name.from_text(key), keyalgorithm=ALGORITHM)
+        update.add("lk", 60, "TXT", '"not an address"')
+        update.add("lk", 60, "MX", f"10 ns.{bind.zone}")  # ns has an address: BIND refuses an MX to none
+        update.add("text", 60, "TXT", '"only text"')
+        assert dns.query.tcp(update, "127.0.0.1", timeout=3, port=bind.port).rcode() == dns.rcode.NOERROR
+    lk, other, text = f"lk.{bind.zone}", f"other.{bind.zone}", f"text.{bind.zone}"
+    assert bind.answers(lk, "TXT", key="eu") and bind.answers(lk, "MX") and bind.answers(text, "TXT")
+    got = await p.list_keys([other, lk, text, f"nothing.{bind.zone}", lk])
+    assert got == [(lk, "A", None), (lk, "A", "eu"), (lk, "AAAA", "us"), (other, "AAAA", None)]
+    assert set(await p.current(got)) == set(got)  # the keys current() reads, no more
+    assert await p.list_keys([text]) == []
+    assert await p.list_keys([]) == []
+    # a provider that knows fewer views lists fewer
+    no_views = provider(bind, views={})
+    assert await no_views.list_keys([lk]) == [(lk, "A", None)]
+
+    await p.apply([Change(p.representable(sets[1]), None)])
+    assert await p.list_keys([lk]) == [(lk, "A", None), (lk, "AAAA", "us")]
+    for names, message in (([lk, "www.example.org."], "'www.example.org.' is not a name in zone"),
+                           ([lk.upper()], "names[0]: expected a lower-case domain name ending in '.'"),
+                           ([lk.rstrip(".")], "names[0]: expected a lower-case domain name ending in '.'"),
+                           (lk, "names: expected a list of names")):
+        with pytest.raises(ProviderError, match=re.escape(message)) as caught:
+            await p.list_keys(names)  # type: ignore[arg-type]
+        assert caught.value.retryable is False
+
+
 async def test_verify_names_a_set_changed_behind_its_back(bind: BindServer) -> None:
     p = provider(bind)
     want = [rset(bind, "www", {"192.0.2.1": 1}), rset(bind, "www", {"192.0.2.2": 1}, scope="eu")]
@@ -264,16 +304,21 @@ async def test_the_tsig_secret_never_shows(bind: BindServer, caplog: pytest.LogC
     p = provider(bind)
     want = rset(bind, "www", {"192.0.2.1": 1}, scope="eu")
     await p.apply([Change(None, want)])
-    shown = [repr(p), str(p), repr(await p.current([want.key])), repr(p.representable(want))]
+    shown = [repr(p), str(p), repr(await p.current([want.key])), repr(p.representable(want)),
+             repr(await p.list_keys([want.name]))]
     wrong = Rfc2136Provider(bind.address, bind.zone, "main", bind.keys["us"], views={"eu": ("eu", bind.keys["main"])})
-    shown.append(repr(wrong))
-    for call in (lambda: wrong.apply([Change(None, rset(bind, "x", {"192.0.2.1": 1}))]),
-                 lambda: wrong.current([want.key]), lambda: wrong.verify([want])):
-        with pytest.raises(ProviderError) as caught:
-            await call()
-        assert "BADSIG" in str(caught.value)
-        shown.append(all_text(caught.value))
+    # a server that is down: a closed port, with the right secrets
+    down = Rfc2136Provider(("127.0.0.1", free_port()), bind.zone, "main", bind.keys["main"], views=bind.view_keys(),
+                           timeout_s=0.3)
+    shown += [repr(wrong), str(wrong), repr(down)]
+    for bad, expected in ((wrong, "BADSIG"), (down, "no reply from|cannot reach")):
+        for call in (lambda: bad.apply([Change(None, rset(bind, "x", {"192.0.2.1": 1}))]),
+                     lambda: bad.current([want.key]), lambda: bad.verify([want]), lambda: bad.list_keys([want.name])):
+            with pytest.raises(ProviderError, match=expected) as caught:
+                await call()
+            shown.append(all_text(caught.value))
     shown.append(caplog.text)
+    shown += [str(r.__dict__) for r in caplog.records]
     text = "\n".join(shown)
     assert "main." in text and "BADSIG" in text  # the key names are there to see
     for secret in secrets:

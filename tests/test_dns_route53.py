@@ -9,8 +9,10 @@ routing is tested here as translation only, plus the clear error moto's 404 give
 from __future__ import annotations
 
 import itertools
+import logging
 import socket
 import subprocess
+import re
 import sys
 import time
 import traceback
@@ -257,6 +259,83 @@ async def test_verify_names_each_set_that_differs(moto_url: str) -> None:
     assert lines[1].startswith(f"v3.{zone} A: serves nothing")
 
 
+async def test_list_keys_gives_the_address_sets_at_the_names(moto_url: str) -> None:
+    zone_id, zone = new_zone(moto_url)
+    p = provider(moto_url, zone_id)
+    name, other, text = f"lk.{zone}", f"other.{zone}", f"text.{zone}"
+    sets = [rset(zone, "lk", {"192.0.2.1": 10, "192.0.2.2": 20}), rset(zone, "lk", {"2001:db8::1": 1}, rtype="AAAA"),
+            rset(zone, "other", {"192.0.2.3": 1})]
+    await p.apply([Change(None, rs) for rs in sets])
+    plain = {"TTL": 60}
+    admin(moto_url).change_resource_record_sets(HostedZoneId=zone_id, ChangeBatch={"Changes": [
+        {"Action": "CREATE", "ResourceRecordSet": {"Name": name, "Type": "TXT", **plain,
+                                                   "ResourceRecords": [{"Value": '"not an address"'}]}},
+        {"Action": "CREATE", "ResourceRecordSet": {"Name": name, "Type": "MX", **plain,
+                                                   "ResourceRecords": [{"Value": f"10 mail.{zone}"}]}},
+        {"Action": "CREATE", "ResourceRecordSet": {"Name": text, "Type": "TXT", **plain,
+                                                   "ResourceRecords": [{"Value": '"only text"'}]}},
+        {"Action": "CREATE", "ResourceRecordSet": {"Name": f"below.{name}", "Type": "A", **plain,  # under, not at
+                                                   "ResourceRecords": [{"Value": "192.0.2.9"}]}},
+    ]})
+    calls = Calls(p)
+    got = await p.list_keys([other, name, text, f"nothing.{zone}", name])
+    assert got == [(name, "A", None), (name, "AAAA", None), (other, "A", None)]
+    assert calls.names() == ["ListResourceRecordSets"] * 4  # one per name (the zone's name was read by apply)
+    assert set(await p.current(got)) == set(got)  # the keys current() reads, no more
+    assert await p.list_keys([text]) == []
+    assert await p.list_keys([]) == []
+
+    await p.apply([Change(p.representable(sets[1]), None)])
+    assert await p.list_keys([name]) == [(name, "A", None)]
+    calls.seen.clear()
+    for names, message in (([name, "api.example.org."], "name: api.example.org. is not in hosted zone"),
+                           ([name, name.upper()], "names[1]: "), (name, "names: expected a list")):
+        with pytest.raises(ProviderError, match=re.escape(message)) as caught:
+            await p.list_keys(names)  # type: ignore[arg-type]
+        assert caught.value.retryable is False
+    assert "ListResourceRecordSets" not in calls.names()  # refused before any listing
+
+
+async def test_list_keys_maps_cidr_record_sets_to_their_group_and_paces_each_page() -> None:
+    """moto keeps no CidrRoutingConfig, so Route 53's answers are stubbed: a per-group name over two pages."""
+    p = Route53Provider("ZSTUB", access_key=Secret(ACCESS, "env:K"), secret_key=Secret(SECRET, "env:S"))
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+
+    p._bucket = TokenBucket(5.0, clock=lambda: 0.0, sleep=sleep)
+    name = "geo.example.com."
+
+    def alias(location: str, set_id: str, rtype: str = "A") -> dict[str, Any]:
+        return {"Name": name, "Type": rtype, "SetIdentifier": set_id,
+                "CidrRoutingConfig": {"CollectionId": "c0ffee00-0000-0000-0000-000000000000", "LocationName": location},
+                "AliasTarget": {"HostedZoneId": "ZSTUB", "DNSName": f"_lr-x.{name}", "EvaluateTargetHealth": False}}
+
+    page = {"IsTruncated": True, "MaxItems": "300"}
+    with Stubber(p._client) as stub:
+        stub.add_response("get_hosted_zone", {"HostedZone": {"Id": "/hostedzone/ZSTUB", "Name": "example.com.",
+                                                             "CallerReference": "stub"}})
+        stub.add_response("list_resource_record_sets", {
+            **page, "ResourceRecordSets": [alias("*", "cidr"), alias("eu", "cidr/eu")],
+            "NextRecordName": name, "NextRecordType": "A", "NextRecordIdentifier": "cidr/us"},
+            {"HostedZoneId": "ZSTUB", "StartRecordName": name, "MaxItems": "300"})
+        stub.add_response("list_resource_record_sets", {
+            **page, "ResourceRecordSets": [
+                alias("us", "cidr/us"),
+                {"Name": name, "Type": "AAAA", "SetIdentifier": "w", "Weight": 1, "TTL": 60,
+                 "ResourceRecords": [{"Value": "2001:db8::1"}]},
+                {"Name": name, "Type": "TXT", "TTL": 60, "ResourceRecords": [{"Value": '"text"'}]},
+                {"Name": f"x.{name}", "Type": "A", "TTL": 60, "ResourceRecords": [{"Value": "192.0.2.1"}]}],
+            "NextRecordName": f"y.{name}", "NextRecordType": "A"},
+            {"HostedZoneId": "ZSTUB", "StartRecordName": name, "StartRecordType": "A",
+             "StartRecordIdentifier": "cidr/us", "MaxItems": "300"})
+        got = await p.list_keys([name])
+        stub.assert_no_pending_responses()
+    assert got == [(name, "A", None), (name, "A", "eu"), (name, "A", "us"), (name, "AAAA", None)]
+    assert slept == pytest.approx([0.2, 0.4])  # every request took its turn at 5 a second
+
+
 # refused before any call
 
 
@@ -464,6 +543,44 @@ async def test_aws_keys_never_show(moto_url: str) -> None:
     assert all(e.__context__ is None and e.__cause__ is None for e in errors)
 
 
+async def test_no_secret_shows_when_calls_fail_even_at_debug(moto_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    password = "hunter2-route53-url-password"
+    zone_id, zone = new_zone(moto_url)
+    keys = {"access_key": Secret(ACCESS, "env:AWS_KEY"), "secret_key": Secret(SECRET, "env:AWS_SECRET")}
+    with_password = moto_url.replace("http://", f"http://user:{password}@")
+    good = provider(with_password, zone_id, **keys)  # the SDK signs with the keys: the URL's password is not sent
+    down = provider(f"http://user:{password}@127.0.0.1:{free_port()}", zone_id, timeout_s=1.0, **keys)
+    wrong_zone = provider(with_password, "ZNOSUCHZONE", **keys)
+    want = rset(zone, "k", {"192.0.2.1": 1})
+    await good.apply([Change(None, want)])
+    assert await good.list_keys([want.name]) == [want.key]
+    shown: list[str] = [repr(p) for p in (good, down, wrong_zone)] + [str(good), repr(keys)]
+    for p, call, expected in [
+        (down, lambda p: p.list_keys([want.name]), "EndpointConnectionError"),
+        (down, lambda p: p.apply([Change(None, want)]), "EndpointConnectionError"),
+        (wrong_zone, lambda p: p.current([want.key]), "NoSuchHostedZone"),
+        (wrong_zone, lambda p: p.list_keys([want.name]), "NoSuchHostedZone"),
+    ]:
+        with pytest.raises(ProviderError, match=expected) as caught:
+            await call(p)
+        shown.append(all_text(caught.value))
+    assert "http://127.0.0.1:" in shown[-4]  # the URL is there to read, without its user and password
+    for url in (f"http://user:{password}@127.0.0.1:port", f"{moto_url}/?X-Amz-Credential={password}"):
+        with pytest.raises(ValueError, match="^endpoint_url: ") as refused:
+            provider(url, zone_id, **keys)
+        shown.append(all_text(refused.value))
+    sdk = [r for r in caplog.records if r.name.startswith("botocore")]
+    assert any("Authorization" in r.getMessage() for r in sdk)  # the SDK did log its signed requests at DEBUG
+    shown += [caplog.text] + [str(r.__dict__) for r in caplog.records]
+    text = "\n".join(shown)
+    assert "Credential=<redacted>" in text
+    for secret in (password, "user:", ACCESS, SECRET):
+        assert secret not in text, secret
+    for p in (good, down, wrong_zone):
+        await p.aclose()
+
+
 async def test_the_sdk_credential_chain_is_used_without_keys(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     zone_id, zone = new_zone(moto_url)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-the-environment")
@@ -485,6 +602,9 @@ async def test_the_sdk_credential_chain_is_used_without_keys(moto_url: str, monk
         pytest.param({"timeout_s": -1}, "timeout_s", id="timeout-negative"),
         pytest.param({"cidr_collection": "no spaces"}, "cidr_collection", id="collection-name"),
         pytest.param({"endpoint_url": "not a url"}, "endpoint_url", id="endpoint"),
+        pytest.param({"endpoint_url": "http://127.0.0.1:5000/?k=v"}, "endpoint_url", id="endpoint-query"),
+        pytest.param({"endpoint_url": "http://127.0.0.1:port"}, "endpoint_url", id="endpoint-port"),
+        pytest.param({"access_key": "AKIA", "secret_key": "s"}, "access_key", id="key-not-a-secret"),
     ],
 )
 def test_bad_settings_name_their_parameter(kwargs: dict[str, Any], field: str) -> None:

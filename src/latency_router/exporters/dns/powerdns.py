@@ -12,10 +12,11 @@ How record sets become records, per name and type (A or AAAA):
   from it and accepts them only when writing them again gives exactly the records held, so it returns what was applied.
   A LUA A/AAAA record it cannot read that way (written or changed by hand) reads as a scope-None set with no answer,
   which the plan then replaces; a plain RRset without the comment reads as its addresses with weight 1.
-LUA records of other types at a name (a TXT, say) and other people's comments are kept. The API accepts a LUA program
-that fails (the name then answers SERVFAIL), so `verify()` asks the server over DNS. LUA records need
-`enable-lua-records=yes`. PowerDNS runs the program for every query (its packet cache does not keep LUA answers), so
-a pick is made per query; a program's cost grows with its networks (4.7.3 served 3,000 single-network groups).
+LUA records of other types at a name (a TXT, say) and other people's comments are kept. Messages and the repr show the
+API URL without a user or password in it (aiohttp sends those as basic auth) and never the API key. The API accepts a
+LUA program that fails (the name then answers SERVFAIL), so `verify()` asks the server over DNS. LUA records need
+`enable-lua-records=yes`. PowerDNS runs the program for every query (its packet cache does not keep LUA answers), so a
+pick is made per query; a program's cost grows with its networks (4.7.3 served 3,000 single-network groups).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 import dns.asyncquery
@@ -38,7 +39,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from latency_router.exporters.dns.errors import ProviderError
+from latency_router.exporters.dns.errors import ProviderError, public_url, scrub_urls
 from latency_router.exporters.dns.model import WEIGHT_MAX, Answer, Change, Key, RecordSet, RType
 from latency_router.exporters.dns.plan import key_label
 from latency_router.secrets import Secret
@@ -57,6 +58,8 @@ _NETWORKS_CHECKED = 16  # per scoped set, verify() checks at most this many of i
 _RETRYABLE_STATUS = frozenset({408, 429})
 # addresses verify() tries, in order, as a client of no group (ECS) when a name has groups
 _NO_GROUP_CLIENTS = ("240.0.0.1", "100.64.0.1", "198.18.0.1", "192.0.2.254", "100::1", "2001:db8:ffff:ffff::1")
+
+# any URL in a message loses its user:password@ and its query string or fragment (either may hold a key)
 
 _IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -77,9 +80,18 @@ class PowerDNSProvider:
         name: str = "powerdns",
         timeout_s: float = 5.0,
     ) -> None:
-        parts = urlsplit(api_url) if isinstance(api_url, str) else None
+        try:
+            parts = urlsplit(api_url) if isinstance(api_url, str) else None
+            if parts is not None:
+                parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0-65535
+        except ValueError:
+            parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"api_url: expected http(s)://HOST[:PORT] of the PowerDNS webserver, got {api_url!r}")
+            shown = public_url(api_url) if isinstance(api_url, str) else api_url
+            raise ValueError(f"api_url: expected http(s)://HOST[:PORT] of the PowerDNS webserver, got {shown!r}")
+        if parts.query or parts.fragment:
+            raise ValueError(f"api_url: expected no query string or fragment (the key goes in api_key), got "
+                             f"{public_url(api_url)!r}")
         if not isinstance(api_key, Secret):
             raise ValueError("api_key: expected a Secret (write 'env:NAME' or 'file:PATH')")
         if not isinstance(zone, str) or not zone.strip("."):
@@ -96,7 +108,11 @@ class PowerDNSProvider:
             raise ValueError(f"dns_server: expected (host, port 1-65535), got {dns_server!r}")
         base = api_url.rstrip("/")
         self._api = base if base.endswith("/api/v1") else base + "/api/v1"
+        self._shown_api = public_url(self._api)  # what messages and the repr show
         self._key = api_key
+        # what _scrub() blanks out, longest first: the key, and the URL's password as written and decoded
+        hidden = {api_key.reveal(), parts.password or "", unquote(parts.password or "")} - {""}
+        self._hidden = tuple(sorted(hidden, key=len, reverse=True))
         self.zone = zone.lower() if zone.endswith(".") else zone.lower() + "."
         self._zone_path = f"/servers/{quote(server_id, safe='')}/zones/{quote(self.zone, safe='')}"
         self._dns = (host, port)
@@ -105,7 +121,7 @@ class PowerDNSProvider:
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
-        return f"PowerDNSProvider(name={self.name!r}, api={self._api!r}, zone={self.zone!r}, dns={self._dns!r})"
+        return f"PowerDNSProvider(name={self.name!r}, api={self._shown_api!r}, zone={self.zone!r}, dns={self._dns!r})"
 
     async def current(self, keys: Sequence[Key]) -> Mapping[Key, RecordSet]:
         """The record sets the zone holds for these keys, read from the API (one GET of the zone)."""
@@ -119,6 +135,16 @@ class PowerDNSProvider:
                 if key in wanted:
                     out[key] = record_set
         return out
+
+    async def list_keys(self, names: Sequence[str]) -> list[Key]:
+        """Every key of an A or AAAA record set the zone holds at these names (FQDN, lower case, ending in '.'), as
+        current() reads them: a plain A/AAAA RRset and each set of a LUA A/AAAA record (its group's scope); records of
+        other types, LUA ones included, are left out. Costs one GET of the zone, whatever the number of names."""
+        wanted = _check_names(self.name, names)
+        if not wanted:
+            return []
+        held = _by_name(await self._zone_rrsets())
+        return sorted((key for name in wanted for key in decode_name(name, held.get(name, {}))), key=_key_order)
 
     async def apply(self, changes: Sequence[Change]) -> None:
         """Write the changes in one PATCH (PowerDNS applies it in one transaction): all, or ProviderError."""
@@ -214,7 +240,8 @@ class PowerDNSProvider:
         except aiohttp.ClientError as exc:  # the message is built here, raised below: no exception chain to the request
             failure = f"{type(exc).__name__}: {exc}"
         if failure:
-            raise ProviderError(self.name, self._scrub(f"{method} {self._api}{path}: {failure}"), retryable=retryable)
+            raise ProviderError(self.name, self._scrub(f"{method} {self._shown_api}{path}: {failure}"),
+                                retryable=retryable)
         if status >= 400:
             retryable = status >= 500 or status in _RETRYABLE_STATUS
             what = _error_text(text)
@@ -231,8 +258,11 @@ class PowerDNSProvider:
             raise ProviderError(self.name, f"{method} {path}: HTTP {status}: the answer is not JSON") from None
 
     def _scrub(self, text: str) -> str:
-        key = self._key.reveal()
-        return text.replace(key, "***") if key else text
+        """The text without the key, the URL's password, or any URL's user, password, query string or fragment."""
+        text = scrub_urls(text)
+        for hidden in self._hidden:
+            text = text.replace(hidden, "***")
+        return text
 
     # --- DNS checks ---
 
@@ -440,6 +470,21 @@ def decode_name(name: str, existing: Mapping[str, Mapping[str, Any]]) -> dict[Ke
                 rs = RecordSet(rs.name, rs.rtype, ttl, rs.answers, rs.scope, rs.networks)
             out[rs.key] = rs
     return out
+
+
+def _check_names(provider: str, names: Sequence[str]) -> list[str]:
+    """The names, each once, in order; ProviderError naming the first that is not a lower-case FQDN ending in '.'."""
+    if isinstance(names, str):
+        raise ProviderError(provider, f"names: expected a list of names, got the string {names!r}", retryable=False)
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or len(name) < 2 or not name.endswith(".") or name != name.lower():
+            raise ProviderError(provider, f"names[{i}]: expected a lower-case domain name ending in '.', got {name!r}",
+                                retryable=False)
+    return list(dict.fromkeys(names))
+
+
+def _key_order(key: Key) -> tuple[str, str, bool, str]:
+    return (key[0], key[1], key[2] is not None, key[2] or "")
 
 
 def _by_name(rrsets: Iterable[Mapping[str, Any]]) -> dict[str, _Rrsets]:

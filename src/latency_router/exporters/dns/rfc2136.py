@@ -157,6 +157,23 @@ class Rfc2136Provider:
         found = await self._read_all(list(dict.fromkeys(keys)))
         return {key: rs for key, rs in found.items() if rs is not None}
 
+    async def list_keys(self, names: Sequence[str]) -> list[Key]:
+        """Every key of an A or AAAA RRset the server holds at these names (FQDN, lower case, ending in '.'), per view:
+        scope None for the default view's, the group for a group's view. Costs 2 x names x (1 + views) queries (A and
+        AAAA, each signed with its view's key), READ_CONCURRENCY at once."""
+        if isinstance(names, str):
+            raise ProviderError(self.name, f"names: expected a list of names, got the string {names!r}",
+                                retryable=False)
+        for i, name in enumerate(names):
+            if not isinstance(name, str) or len(name) < 2 or not name.endswith(".") or name != name.lower():
+                raise ProviderError(self.name, f"names[{i}]: expected a lower-case domain name ending in '.', got "
+                                    f"{name!r}", retryable=False)
+            self._check_name(name)
+        scopes: list[str | None] = [None, *sorted(self._views)]
+        keys = [(name, rtype, scope) for name in sorted(set(names)) for rtype in _FAMILY for scope in scopes]
+        found = await self._read_all(keys)
+        return [key for key in keys if found[key] is not None]
+
     async def apply(self, changes: Sequence[Change]) -> None:
         """Write the changes: one signed UPDATE per view, deleting and adding whole RRsets; raise on any refusal."""
         by_view: dict[str | None, list[Change]] = {}
@@ -218,12 +235,15 @@ class Rfc2136Provider:
             async with gate:
                 return await self._read(key)
 
+        tasks = [asyncio.ensure_future(one(key)) for key in keys]
         try:
-            async with asyncio.TaskGroup() as tasks:
-                running = {key: tasks.create_task(one(key)) for key in keys}
-        except ExceptionGroup as group:
-            raise _first(group) from None  # callers expect the one ProviderError, not a group
-        return {key: task.result() for key, task in running.items()}
+            results = await asyncio.gather(*tasks)
+        except BaseException:  # the first failure (one ProviderError) goes up; the other reads are stopped
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return dict(zip(keys, results))
 
     async def _read(self, key: Key) -> RecordSet | None:
         name, rtype, scope = key
@@ -336,11 +356,6 @@ def _dns_name(text: str, field: str) -> dns.name.Name:
 def _rdataset(rs: RecordSet, ttl: int | None = None) -> dns.rdataset.Rdataset:
     return dns.rdataset.from_text(dns.rdataclass.IN, rs.rtype, rs.ttl if ttl is None else ttl,
                                   *(a.value for a in rs.answers))
-
-
-def _first(group: BaseExceptionGroup) -> BaseException:
-    first = group.exceptions[0]
-    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _address(answer: Answer) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

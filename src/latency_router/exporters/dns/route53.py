@@ -13,24 +13,29 @@ Route 53 rejects much that its local stand-in (moto) accepts, so every change is
 go in one ChangeBatch (atomic), packed within Route 53's per-batch limits. The SDK is synchronous: each call runs in a
 thread, one at a time, paced by a token bucket (Route 53 takes 5 requests a second per account); the SDK's own retries
 are off, since retrying with backoff is the runner's job: throttling comes back as a retryable ProviderError.
+No AWS key, nor an endpoint URL's user:password@ (which the SDK would not use: requests are signed with the keys), shows
+in a message, the repr, or the SDK's own log records (at DEBUG they hold request URLs and the signed Authorization
+header): a filter on the SDK's loggers rewrites those.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import math
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from latency_router.exporters.dns.errors import ProviderError
+from latency_router.exporters.dns.errors import ProviderError, public_url, scrub_urls
 from latency_router.exporters.dns.model import WEIGHT_MAX, Answer, Change, Key, RecordSet
 from latency_router.secrets import Secret
 
@@ -62,6 +67,11 @@ _GROUP_LABEL = "_lr-g-"
 _ROUTING = ("Weight", "CidrRoutingConfig", "AliasTarget", "GeoLocation", "GeoProximityLocation", "Failover", "Region",
             "MultiValueAnswer", "TrafficPolicyInstanceId")
 _KNOWN = ("Name", "Type", "SetIdentifier", "Weight", "TTL", "ResourceRecords", "CidrRoutingConfig", "AliasTarget")
+# any URL in a message loses its user:password@ and its query string or fragment (either may hold a key)
+# what a signed request shows of its keys: the access key in the Authorization header, a session token
+_AWS_CREDENTIAL = re.compile(r"(Credential=)[^/,\s'\"]+")
+_AWS_TOKEN = re.compile(r"(?i)(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)[^'\",\s}]+")
+_SDK_LOGGERS = ("botocore", "boto3")  # urllib3 logs host, port and path only
 
 
 class TokenBucket:
@@ -88,6 +98,53 @@ class TokenBucket:
         if wait > 0:
             await self._sleep(wait)
         return wait
+
+
+class _SdkLogScrubber(logging.Filter):
+    """Rewrites the SDK's log records so that no key or URL password of any Route53Provider shows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden: set[str] = set()  # the literal values to blank out
+        self._loggers_seen = -1
+
+    def scrub(self, text: str) -> str:
+        text = _AWS_TOKEN.sub(r"\1<redacted>", _AWS_CREDENTIAL.sub(r"\1<redacted>", scrub_urls(text)))
+        for hidden in sorted(self.hidden, key=len, reverse=True):
+            text = text.replace(hidden, "<redacted>")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted: the handler reports it, as it would
+            return True
+        clean = self.scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info:  # the traceback as text, scrubbed: the exception object itself is not passed on
+            text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            record.exc_info, record.exc_text = None, self.scrub(text)
+        elif record.exc_text:
+            record.exc_text = self.scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.scrub(record.stack_info)
+        return True
+
+    def install(self) -> None:
+        """Put the filter on every SDK logger (a logger's filter sees only its own records, not its children's)."""
+        known = logging.Logger.manager.loggerDict
+        if len(known) == self._loggers_seen:
+            return
+        names = [n for n in list(known) if n.split(".", 1)[0] in _SDK_LOGGERS] + list(_SDK_LOGGERS)
+        for name in names:
+            logger = logging.getLogger(name)
+            if self not in logger.filters:
+                logger.addFilter(self)
+        self._loggers_seen = len(known)
+
+
+_SCRUBBER = _SdkLogScrubber()
 
 
 class Route53Provider:
@@ -118,16 +175,37 @@ class Route53Provider:
             raise ValueError(f"timeout_s: expected seconds > 0, got {timeout_s!r}")
         if not isinstance(cidr_collection, str) or not _COLLECTION.fullmatch(cidr_collection):
             raise ValueError(f"cidr_collection: expected 1-64 of A-Z a-z 0-9 _ -, got {cidr_collection!r}")
+        for field, key in (("access_key", access_key), ("secret_key", secret_key)):
+            if key is not None and not isinstance(key, Secret):
+                raise ValueError(f"{field}: expected a Secret (write 'env:NAME' or 'file:PATH'), or none for the SDK's "
+                                 "usual credential chain")
+        hidden = {s.reveal() for s in (access_key, secret_key) if s is not None}
+        connect_url = endpoint_url
+        if endpoint_url is not None:
+            if not isinstance(endpoint_url, str):
+                raise ValueError(f"endpoint_url: expected a URL such as 'http://127.0.0.1:5000', got {endpoint_url!r}")
+            try:
+                parts = urlsplit(endpoint_url)
+                parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0-65535
+            except ValueError:
+                raise ValueError(f"endpoint_url: not a URL: {public_url(endpoint_url)!r}") from None
+            if parts.query or parts.fragment:
+                raise ValueError("endpoint_url: expected no query string or fragment, got "
+                                 f"{public_url(endpoint_url)!r}")
+            hidden |= {parts.password or "", unquote(parts.password or "")}
+            if "@" in parts.netloc:  # the SDK signs with the keys: a user and password in the URL would only show
+                connect_url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         self.name = name
         self.hosted_zone_id = zone_id
-        self.endpoint_url = endpoint_url
+        self.endpoint_url = None if endpoint_url is None else public_url(endpoint_url)  # what the repr shows
         self.max_changes_per_batch = max_changes_per_batch
         self.cidr_collection = cidr_collection
         self._bucket = TokenBucket(rate_per_s)
         self._lock = asyncio.Lock()  # one request at a time: Route 53 rejects a change while the last one runs
         self._zone_name: str | None = None
         self._collection_id: str | None = None
-        self._secrets = tuple(s.reveal() for s in (access_key, secret_key) if s is not None and s.reveal())
+        self._secrets = tuple(sorted(hidden - {""}, key=len, reverse=True))  # what _scrub() blanks out, longest first
+        _SCRUBBER.hidden.update(self._secrets)
         config = Config(connect_timeout=timeout_s, read_timeout=timeout_s, retries={"total_max_attempts": 1})
         try:
             session = boto3.session.Session(
@@ -135,9 +213,10 @@ class Route53Provider:
                 aws_secret_access_key=secret_key.reveal() if secret_key is not None else None,
                 region_name=region,
             )
-            self._client = session.client("route53", endpoint_url=endpoint_url, config=config)
+            self._client = session.client("route53", endpoint_url=connect_url, config=config)
         except (ValueError, botocore.exceptions.BotoCoreError) as exc:
             raise ValueError(f"endpoint_url, region: cannot make a Route 53 client: {self._scrub(str(exc))}") from None
+        _SCRUBBER.install()
 
     def __repr__(self) -> str:
         return (f"Route53Provider(name={self.name!r}, hosted_zone_id={self.hosted_zone_id!r}, "
@@ -161,6 +240,27 @@ class Route53Provider:
         raw = await self._read({key[0] for key in keys})
         found = self._parse(raw, await self._networks(raw))
         return {key: found[key] for key in keys if key in found}
+
+    async def list_keys(self, names: Sequence[str]) -> list[Key]:
+        """Every key of an A or AAAA record set the zone holds at these names (FQDN, lower case, ending in '.'), as
+        current() reads them: a CIDR record set's location is its scope ('*' is None), every other (weighted, simple,
+        geolocation) is scope None; other types are left out. Costs one ListResourceRecordSets request per name (one
+        more per further 300 record sets at it), plus GetHostedZone once per provider, each paced by the token bucket
+        (5 a second: 300 names take a minute)."""
+        if isinstance(names, str):
+            self._refuse([f"names: expected a list of names, got the string {names!r}"])
+        names = list(dict.fromkeys(names))
+        self._refuse([p for i, name in enumerate(names) for p in name_problems(name, f"names[{i}]")])
+        if not names:
+            return []
+        await self._check_in_zone(names)
+        keys: list[Key] = []
+        for name in names:
+            by_type: dict[Group, list[Raw]] = {}
+            for rr in await self._list_name(name):
+                by_type.setdefault((name, rr["Type"]), []).append(rr)
+            keys += self._parse(by_type, {})
+        return sorted(keys, key=lambda k: (k[0], k[1], k[2] is not None, k[2] or ""))
 
     async def apply(self, changes: Sequence[Change]) -> None:
         """Write the changes against what the zone holds now (all, or raise); a set with no answers is removed."""
@@ -357,6 +457,7 @@ class Route53Provider:
     async def _call(self, operation: str, absent: tuple[str, ...] = (), **params: Any) -> dict[str, Any]:
         """One API request, paced and in a thread; an error code in `absent` reads as an empty answer."""
         method = getattr(self._client, operation)
+        _SCRUBBER.install()  # the SDK may have made loggers since the last request
         async with self._lock:
             await self._bucket.take()
             try:
@@ -384,6 +485,8 @@ class Route53Provider:
         return ProviderError(self.name, self._scrub(text), retryable=retryable)
 
     def _scrub(self, text: str) -> str:
+        """The text without this provider's keys, or any URL's user, password, query string or fragment."""
+        text = scrub_urls(text)
         for secret in self._secrets:
             text = text.replace(secret, "<redacted>")
         return text
