@@ -198,8 +198,9 @@ class Columns:
         samples = self.samples
         with np.errstate(invalid="ignore", divide="ignore"):
             loss = np.where(samples > 0, self.wlost / np.minimum(samples, self.window), _NAN)
-        jitter = np.where(samples - self.lost >= 2, self.jitter, _NAN)  # jitter needs two RTTs
         m = self.metrics
+        # jitter needs two RTTs, and a window that holds one (a restored row may have samples and an empty window)
+        jitter = np.where((samples - self.lost >= 2) & ~np.isnan(m["ewma_ms"]), self.jitter, _NAN)
         return [m["ewma_ms"].tolist(), m["p50_ms"].tolist(), m["p95_ms"].tolist(), m["p99_ms"].tolist(),
                 m["min_ms"].tolist(), jitter.tolist(), loss.tolist(), samples.tolist(), self.lost.tolist(),
                 self.healthy.tolist(), self.code.tolist(), self.updated.tolist()]

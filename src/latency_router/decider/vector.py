@@ -179,7 +179,9 @@ def _figures(shape: _Shape, values: np.ndarray, healthy: np.ndarray, code: np.nd
     missing |= (ook & onan).any(axis=(1, 2))  # a healthy other path without an RTT yet
     valid = ook & ~onan
     masked = np.where(valid, ov, np.inf)
-    k = masked.argmin(axis=2)  # the first of equal bests, as build_candidates' strict < keeps the first
+    # the first valid path of the lowest RTT, as build_candidates' strict < keeps the first (not argmin over masked:
+    # an invalid path's inf would tie with a valid path measured at inf)
+    k = (valid & (masked == masked.min(axis=2, keepdims=True))).argmax(axis=2)
     has = valid.any(axis=2)
     bv = np.take_along_axis(masked, k[..., None], 2)[..., 0]
     bc = np.take_along_axis(oc, k[..., None], 2)[..., 0]
