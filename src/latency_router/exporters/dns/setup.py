@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from latency_router.config.fields import listen
-from latency_router.secrets import resolve_secret
+from latency_router.secrets import SecretError, resolve_secret
 
 if TYPE_CHECKING:
     from latency_router.config.models import DnsProviderConfig
+
+
+class ProviderSetupError(SecretError):
+    """A [[dns.providers]] table no provider can be built from (a TSIG secret that is not base64, say); the message
+    names the table and key, never a secret. A SecretError, so `run` and `dns plan|apply` print it and exit 2."""
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -17,8 +22,18 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 def build_provider(p: "DnsProviderConfig", index: int) -> Any:
-    """The provider of one [[dns.providers]] table; SecretError names the key whose secret cannot be read."""
+    """The provider of one [[dns.providers]] table; SecretError names the key whose secret cannot be read, and
+    ProviderSetupError (a SecretError) the key the provider refuses."""
     where = f"dns.providers[{index}]"
+    try:
+        return _build(p, where)
+    except SecretError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ProviderSetupError(f"{where}.{exc}") from None
+
+
+def _build(p: "DnsProviderConfig", where: str) -> Any:
     if p.kind == "powerdns":
         from latency_router.exporters.dns.powerdns import PowerDNSProvider
 
@@ -45,4 +60,4 @@ def build_provider(p: "DnsProviderConfig", index: int) -> Any:
             keys = {"access_key": resolve_secret(p.access_key, f"{where}.access_key"),
                     "secret_key": resolve_secret(p.secret_key, f"{where}.secret_key")}
         return Route53Provider(p.hosted_zone_id or "", endpoint_url=p.endpoint_url, region=p.region, name=p.name, **keys)
-    raise ValueError(f"{where}.kind: unknown kind {p.kind!r}")
+    raise ValueError(f"kind: unknown kind {p.kind!r}")
