@@ -10,7 +10,7 @@ from latency_router.exporters.dns.errors import ProviderError
 from latency_router.exporters.dns.model import Change, Key, RecordSet
 from latency_router.exporters.dns.plan import key_label, weight_map
 
-CALLS = ("current", "apply", "verify")
+CALLS = ("list_keys", "current", "apply", "verify")
 
 
 @dataclass
@@ -22,7 +22,8 @@ class _Failure:
 
 class FakeProvider:
     """Holds record sets in a dict. `fail_next` makes the next calls raise; `mismatch_next` makes verify report a
-    difference; `hold` (an Event) keeps apply() waiting until set; `on_apply` runs inside apply() before it writes."""
+    difference; `hold` (an Event) keeps apply() waiting until set; `on_apply` runs inside apply() before it writes;
+    `listing=False` leaves out the optional list_keys(); `keep_deletes` makes apply() skip deletes (a broken server)."""
 
     def __init__(
         self,
@@ -31,21 +32,26 @@ class FakeProvider:
         *,
         representable: Callable[[RecordSet], RecordSet] | None = None,
         strict: bool = True,
+        listing: bool = True,
     ) -> None:
         self.name = name
         self.records: dict[Key, RecordSet] = dict(records or {})
         self.strict = strict  # apply() checks that each change's old set is what it holds (as Route 53 does)
-        self.calls: list[str] = []  # every call, in order: "current", "apply", "verify"
+        self.calls: list[str] = []  # every call, in order: "list_keys", "current", "apply", "verify"
+        self.listed: list[tuple[str, ...]] = []  # the names of every list_keys() call
         self.applied: list[tuple[Change, ...]] = []  # every apply() that wrote
         self.attempted: list[tuple[Change, ...]] = []  # every apply() call, failed ones too
         self.verified: list[tuple[RecordSet, ...]] = []
         self.hold: asyncio.Event | None = None
         self.on_apply: Callable[[Sequence[Change]], None] | None = None
         self.closed = False
+        self.keep_deletes = False
         self._failures: list[_Failure] = []
         self._mismatches = 0
         if representable is not None:
             self.representable = representable
+        if not listing:
+            self.list_keys = None  # type: ignore[assignment]  # the runner looks it up with getattr(..., None)
 
     # --- failure injection ---------------------------------------------------------------------
 
@@ -81,6 +87,14 @@ class FakeProvider:
 
     # --- Provider ------------------------------------------------------------------------------
 
+    async def list_keys(self, names: Sequence[str]) -> list[Key]:
+        """Every key held at these names (all are A or AAAA here), in key order."""
+        self.listed.append(tuple(names))
+        self._maybe_fail("list_keys")
+        await asyncio.sleep(0)
+        wanted = set(names)
+        return sorted((k for k in self.records if k[0] in wanted), key=lambda k: (k[0], k[1], k[2] or ""))
+
     async def current(self, keys: Sequence[Key]) -> Mapping[Key, RecordSet]:
         self._maybe_fail("current")
         await asyncio.sleep(0)
@@ -101,7 +115,8 @@ class FakeProvider:
                     raise ProviderError(self.name, f"{key_label(c.key)}: not as planned (changed meanwhile)")
         for c in changes:
             if c.new is None:
-                self.records.pop(c.key, None)
+                if not self.keep_deletes:
+                    self.records.pop(c.key, None)
             else:
                 self.records[c.key] = c.new
         self.applied.append(changes)

@@ -85,3 +85,34 @@ def test_a_service_that_answers_host_names_cannot_feed_an_address_record():
     toml = GOOD.replace('answer = "203.0.113.10"', 'answer = "eu.example.net"')
     assert any(p.startswith("dns.records[0].service: service 'api' answers the host name 'eu.example.net'")
                for p in problems(toml))
+
+
+def test_a_service_whose_static_fallback_is_a_host_name_cannot_feed_an_address_record():
+    static = 'policy = "latency"\nall_down = "static"\nfallback = ["192.0.2.99", "backup.example.net"]\n'
+    toml = GOOD.replace('policy = "latency"\n', static, 1)
+    assert problems(toml) == ["dns.records[0].service: service 'api' has the host name 'backup.example.net' in its "
+                              "fallback; an A/AAAA record holds addresses"]
+    addresses = GOOD.replace('policy = "latency"\n', static.replace('"backup.example.net"', '"2001:db8::99"'), 1)
+    assert parse_config(addresses).services[0].fallback == ("192.0.2.99", "2001:db8::99")
+
+
+def test_a_record_name_given_twice_for_one_provider_is_refused_naming_the_field():
+    second = ('\n[[dns.records]]\nname = "API.Example.com."\nservice = "api"\nprovider = "pdns"\n'
+              '\n[[dns.records]]\nname = "api.example.com"\nservice = "api"\nprovider = "bind"\n')  # another server: fine
+    assert problems(GOOD + second) == [
+        "dns.records[1].name: 'API.Example.com.' is given twice for provider 'pdns' (first at dns.records[0].name); "
+        "one record per name and provider"
+    ]
+    dns = parse_config(GOOD + second.split("\n\n", 2)[-1]).dns  # only the record at the other provider
+    assert [(r.name, r.provider) for r in dns.records] == [("api.example.com.", "pdns"), ("api.example.com.", "bind")]
+
+
+@pytest.mark.parametrize("line, expected", [("", 60.0), ('recheck_interval = "90s"\n', 90.0),
+                                            ('recheck_interval = "0s"\n', 0.0)])
+def test_recheck_interval(line, expected):
+    assert parse_config(GOOD.replace("min_weight_change = 5\n", "min_weight_change = 5\n" + line)).dns.recheck_s == expected
+
+
+def test_a_negative_recheck_interval_is_named():
+    found = problems(GOOD.replace("min_weight_change = 5\n", 'min_weight_change = 5\nrecheck_interval = "-1s"\n'))
+    assert len(found) == 1 and found[0].startswith("dns.recheck_interval: "), found

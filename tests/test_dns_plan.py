@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from latency_router.exporters.dns.model import Answer, Change, Key, Plan, RecordSet
-from latency_router.exporters.dns.plan import PlanSettings, format_plan, make_plan, plan_counts, weight_shift
+from latency_router.exporters.dns.plan import (
+    PlanSettings,
+    format_plan,
+    key_label,
+    make_plan,
+    plan_counts,
+    weight_shift,
+)
 
 N = "api.example.com."
 M = "www.example.com."
@@ -175,21 +182,59 @@ def test_all_zero_weights_are_answers():
     "current, desired, deleted, refused",
     [
         pytest.param([rs(N), rs(N, scope="eu")], [rs(N)], [(N, "A", "eu")], 0, id="scoped-set-with-the-default-left"),
-        pytest.param([rs(N), rs(N, {V6: 1}, rtype="AAAA")], [rs(N)], [(N, "AAAA", None)], 0, id="aaaa-with-a-left"),
+        pytest.param([rs(N), rs(N, {V6: 1}, rtype="AAAA")], [rs(N)], [], 1, id="aaaa-with-only-a-left"),
+        pytest.param([rs(N), rs(N, {V6: 1}, rtype="AAAA")], [rs(N, {V6: 1}, rtype="AAAA")], [], 1,
+                     id="a-with-only-aaaa-left"),
+        pytest.param([rs(N), rs(N, {V6: 1}, rtype="AAAA", scope="eu")], [rs(N)], [], 1,
+                     id="a-groups-aaaa-with-only-the-a-default-left"),
+        pytest.param([rs(N), rs(N, {V6: 1}, rtype="AAAA"), rs(N, {V6: 1}, rtype="AAAA", scope="eu")],
+                     [rs(N), rs(N, {V6: 1}, rtype="AAAA")], [(N, "AAAA", "eu")], 0,
+                     id="a-groups-aaaa-with-the-aaaa-default-left"),
+        pytest.param([rs(N, {A1: 255}), rs(N, scope="eu")], [rs(N, {A2: 255})], [(N, "A", "eu")], 0,
+                     id="a-refused-update-keeps-the-default-the-group-falls-back-to"),
+        pytest.param([rs(N, {V6: 1}, rtype="AAAA", scope="eu")], [rs(N, {V6: 1}, rtype="AAAA")], [(N, "AAAA", "eu")],
+                     0, id="the-group-falls-back-to-a-created-default"),
         pytest.param([rs(N), rs(N, scope="eu")], [], [], 2, id="every-set-of-the-name"),
         pytest.param([rs(N, scope="eu")], [rs(N, {})], [], 1, id="the-rest-would-be-empty"),
         pytest.param([rs(N, {})], [], [(N, "A", None)], 0, id="a-name-that-had-no-answer-anyway"),
         pytest.param([rs(N), rs(M)], [rs(N)], [], 1, id="a-whole-name-dropped"),
         pytest.param([rs(N, {}), rs(N, scope="eu")], [rs(N)], [(N, "A", "eu")], 0, id="the-update-gives-the-name-answers"),
-        pytest.param([rs(N, scope="eu")], [rs(N, {V6: 1}, rtype="AAAA")], [(N, "A", "eu")], 0, id="a-create-does"),
+        pytest.param([rs(N, scope="eu")], [rs(N, {V6: 1}, rtype="AAAA")], [], 1, id="a-create-of-another-type-does-not"),
     ],
 )
-def test_deletes_that_would_leave_a_name_with_no_answer_are_refused(current, desired, deleted, refused):
-    p = plan(cur(*current), desired)
+def test_deletes_that_would_leave_a_name_type_or_group_with_no_answer_are_refused(current, desired, deleted, refused):
+    p = plan(cur(*current), desired, max_weight_shift=0.5)
     assert [c.key for c in p.changes if c.action == "delete"] == deleted
     assert len([line for line in p.refused if "deleting it would leave" in line]) == refused
     forced = plan(cur(*current), desired, force=True)
     assert {c.key for c in forced.changes if c.action == "delete"} == {s.key for s in current} - {s.key for s in desired}
+
+
+@pytest.mark.parametrize(
+    "current, desired, key",
+    [
+        pytest.param([rs(N), rs(N, {V6: 1}, rtype="AAAA")], [rs(N, {}), rs(N, {V6: 1}, rtype="AAAA")], (N, "A", None),
+                     id="a-emptied-while-aaaa-keeps-answers"),
+        pytest.param([rs(N), rs(N, scope="eu")], [rs(N), rs(N, {}, scope="eu")], (N, "A", "eu"),
+                     id="a-group-emptied-while-the-default-keeps-answers"),
+        pytest.param([rs(N)], [rs(N), rs(N, {}, rtype="AAAA", scope="eu")], (N, "AAAA", "eu"),
+                     id="an-empty-group-set-created"),
+    ],
+)
+def test_an_empty_set_is_refused_whatever_the_other_sets_of_its_name_serve(current, desired, key):
+    p = plan(cur(*current), desired)
+    assert key not in [c.key for c in p.changes]
+    assert [line.split(": refused: ")[0] for line in p.refused] == [key_label(key)]
+    assert "it would have no answer" in p.refused[0]
+
+
+def test_a_delete_refusal_says_whom_it_would_leave_with_no_answer():
+    p = plan(cur(rs(N), rs(N, {V6: 1}, rtype="AAAA"), rs(M, {V6: 1}, rtype="AAAA", scope="eu"), rs(M)), [rs(N), rs(M)])
+    assert p.refused == (
+        f"{N} AAAA: refused: deleting it would leave {N} with no AAAA answer",
+        f"{M} AAAA [eu]: refused: deleting it would leave the clients of group eu with no AAAA answer for {M}",
+    )
+    assert p.changes == ()
 
 
 # --- safety: weight shift ------------------------------------------------------------------------
@@ -246,12 +291,15 @@ def test_weight_shift_is_a_symmetric_share_between_0_and_1(a, b):
 
 # --- properties: the plan reaches the desired state, and never leaves a name with no answer --------
 
-WEIGHTS = st.dictionaries(st.sampled_from([A1, A2, A3]), st.integers(0, 255), max_size=3)
-KEYS = st.sampled_from([(n, s) for n in (N, M) for s in (None, "eu")])
+WEIGHTS = st.dictionaries(st.sampled_from([0, 1, 2]), st.integers(0, 255), max_size=3)
+KEYS = st.sampled_from([(n, t, s) for n in (N, M) for t in ("A", "AAAA") for s in (None, "eu")])
+VALUES = {"A": (A1, A2, A3), "AAAA": (V6, "2001:db8::2", "2001:db8::3")}
 
 
 def sets_of(draw: dict) -> dict[Key, RecordSet]:
-    return {(n, "A", s): rs(n, w, scope=s) for (n, s), w in draw.items()}
+    """(name, type, scope) -> {answer number: weight} as record sets of that type."""
+    return {(n, t, s): rs(n, {VALUES[t][i]: w for i, w in ws.items()}, rtype=t, scope=s)
+            for (n, t, s), ws in draw.items()}
 
 
 @settings(max_examples=300, deadline=None)
@@ -266,12 +314,14 @@ def test_forced_with_no_thresholds_the_plan_reaches_the_desired_state(current, d
 
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(KEYS, WEIGHTS), st.dictionaries(KEYS, WEIGHTS), st.integers(0, 255), st.floats(0, 1))
-def test_an_unforced_plan_never_leaves_a_name_with_no_answer(current, desired, threshold, limit):
+def test_an_unforced_plan_never_leaves_a_name_type_or_group_with_no_answer(current, desired, threshold, limit):
     now, want = sets_of(current), sets_of(desired)
     p = plan(now, list(want.values()), min_weight_change=threshold, max_weight_shift=limit)
     after = apply_plan(now, p)
-    for name in {k[0] for k, v in now.items() if v.answers}:
-        assert any(v.answers for k, v in after.items() if k[0] == name)
+    for (name, rtype, scope), held in now.items():
+        if held.answers:  # its clients still get an answer of its type: its own set, or (a group) the one for everyone
+            served = [after.get((name, rtype, scope)), after.get((name, rtype, None))]
+            assert any(s is not None and s.answers for s in served), (name, rtype, scope)
     for change in p.changes:  # nothing written is empty, and no written update moves more than the limit
         assert change.new is None or change.new.answers
         if change.old is not None and change.new is not None and change.old.answers:
@@ -304,8 +354,10 @@ def test_the_plan_compares_what_the_provider_can_hold():
 
 def test_format_plan_prints_one_line_per_change_then_skips_and_refusals():
     current = cur(rs(N, {A1: 128, A2: 127}), rs(N, scope="eu", networks=("192.0.2.0/25",)), rs(M, {A1: 255}),
-                  rs(N, {A1: 128, A2: 127}, scope="us"), rs(N, {V6: 255}, rtype="AAAA", scope="eu"))
+                  rs(N, {A1: 128, A2: 127}, scope="us"), rs(N, {V6: 255}, rtype="AAAA", scope="eu"),
+                  rs(N, {V6: 255}, rtype="AAAA"))
     desired = [rs(N, {A1: 255, A2: 0}), rs(N, {A1: 130, A2: 125}, scope="us"), rs(M, {A2: 255}),
+               rs(N, {V6: 255}, rtype="AAAA"),
                rs(N, {A3: 255}, scope="ap", networks=("2001:db8::/48",)), rs(N, scope="eu", networks=("192.0.2.0/25",))]
     text = format_plan(make_plan("powerdns", current, desired))
     assert text.splitlines() == [

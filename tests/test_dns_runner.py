@@ -58,6 +58,7 @@ def make(provider: FakeProvider | None = None, *, rng: random.Random | None = No
     provider = provider or FakeProvider()
     t = FakeTime()
     kw.setdefault("min_interval_s", 1.0)
+    kw.setdefault("recheck_s", 0.0)  # this clock's sleep() returns at once: a re-check would spin (see ManualTime)
     runner = ExporterRunner(provider, RunnerSettings(**kw), clock=t.clock, sleep=t.sleep,
                             rng=rng or random.Random(7), wall=t.clock)
     return runner, provider, t
@@ -107,7 +108,7 @@ async def test_a_desired_state_is_written_verified_and_reported():
     runner.desire([version(1)])
     await idle(runner)
     assert provider.records == {(N, "A", None): version(1)}
-    assert provider.calls == ["current", "apply", "verify"]
+    assert provider.calls == ["list_keys", "current", "apply", "verify"] and provider.listed == [(N,)]
     assert provider.verified == [(version(1),)]
     status = runner.status()
     assert status["state"] == "ok" and status["writes_total"] == 1 and status["failures_total"] == 0
@@ -124,7 +125,7 @@ async def test_the_same_desired_state_again_neither_reads_nor_writes():
     await idle(runner)
     runner.desire([version(1)])
     await idle(runner)
-    assert provider.writes == 1 and provider.calls == ["current", "apply", "verify"]
+    assert provider.writes == 1 and provider.calls == ["list_keys", "current", "apply", "verify"]
     assert runner.status()["state"] == "ok"
     await finish(runner, task)
 
@@ -313,7 +314,7 @@ async def test_a_verify_difference_is_retried_and_verified_again_even_with_nothi
     runner.desire([version(1)])
     await idle(runner)
     assert provider.writes == 1  # the write went through; only the read-back differed, twice
-    assert provider.calls == ["current", "apply", "verify", "current", "verify", "current", "verify"]
+    assert provider.calls == ["list_keys", "current", "apply", "verify", "current", "verify", "current", "verify"]
     status = runner.status()
     assert status["state"] == "ok" and status["failures_total"] == 2
     assert status["last_error"] == "fake: verify: read back differs: injected mismatch"
@@ -389,7 +390,7 @@ async def test_a_refused_change_waits_and_force_next_writes_it():
     await idle(runner)
     await turns(200)
     status = runner.status()
-    assert status["state"] == "refused" and provider.writes == 0 and len(provider.calls) == 1
+    assert status["state"] == "refused" and provider.writes == 0 and provider.calls == ["list_keys", "current"]
     assert status["refused"] and "100% of the weight share" in status["refused"][0]
     runner.force_next()
     await idle(runner)
@@ -440,7 +441,7 @@ async def test_stop_ends_a_long_backoff_at_once():
     runner = ExporterRunner(provider, RunnerSettings(retry_base_s=60.0, retry_max_s=60.0), rng=TopRandom())
     task = asyncio.create_task(runner.run())
     runner.desire([version(1)])
-    await settle(lambda: provider.calls == ["current"])
+    await settle(lambda: provider.calls == ["list_keys", "current"])
     await turns(5)
     assert runner.status()["state"] == "retrying" and not task.done()
     runner.stop()
@@ -494,3 +495,335 @@ async def test_an_unexpected_exceptions_text_stays_out_of_the_log(caplog):
     assert "apply raised RuntimeError" in text and "dns_fakes.py" in text  # where it came from ...
     assert "hunter2" not in text  # ... but not what it said
     await finish(runner, task)
+
+
+# --- a desired state that cannot be built ----------------------------------------------------------
+
+
+async def test_a_desired_state_that_cannot_be_built_is_reported_once_and_the_last_good_one_is_kept():
+    runner, provider, _ = make()
+    task = await started(runner)
+    runner.desire([version(1)])
+    await idle(runner)
+    for _ in range(3):  # the daemon reports it after every evaluation: counted once
+        runner.reject_desired("service api: answer 'eu.example.net' is not an IP address")
+        await turns(50)
+    status = runner.status()
+    assert status["state"] == "failed" and status["failures_total"] == 1
+    assert status["last_error"] == ("fake: cannot build the desired record sets: service api: answer 'eu.example.net' "
+                                    "is not an IP address")
+    assert provider.writes == 1 and provider.records == {(N, "A", None): version(1)} and status["record_sets"] == 1
+    runner.reject_desired("api.example.com.: name: given twice (one record per name)")  # another problem: counted
+    assert runner.status()["failures_total"] == 2 and "given twice" in runner.status()["last_error"]
+    runner.desire([version(1)])  # good again, and the same as before: the failure is over, nothing to write
+    await idle(runner)
+    assert runner.status()["state"] == "ok" and provider.writes == 1
+    assert provider.calls == ["list_keys", "current", "apply", "verify"]
+    runner.reject_desired("service api: answer 'eu.example.net' is not an IP address")  # the first problem, back
+    assert runner.status()["state"] == "failed" and runner.status()["failures_total"] == 3
+    runner.desire([version(2)])
+    await idle(runner)
+    assert runner.status()["state"] == "ok" and provider.records == {(N, "A", None): version(2)}
+    await finish(runner, task)
+
+
+async def test_a_rejection_before_any_good_state_touches_nothing():
+    runner, provider, _ = make()
+    task = await started(runner)
+    runner.reject_desired("bad")
+    await turns(200)
+    assert runner.status()["state"] == "failed" and provider.calls == [] and runner.idle
+    await finish(runner, task)
+
+
+# --- sets written before this runner: list_keys ------------------------------------------------------
+
+
+def aaaa(name: str = N, scope: str | None = None) -> RecordSet:
+    return RecordSet(name, "AAAA", 60, (Answer("2001:db8::1", 255, "eu6"),), scope)
+
+
+async def test_sets_an_earlier_run_wrote_and_no_longer_wanted_are_found_and_deleted():
+    # a restart after a group was removed and IPv6 dropped: the group's set goes; the AAAA set would leave AAAA
+    # queries with no answer, so it is refused until forced; another name is not this runner's
+    old = {version(1).key: version(1), version(1, scope="eu").key: version(1, scope="eu"), aaaa().key: aaaa(),
+           (M, "A", None): version(1, name=M)}
+    runner, provider, _ = make(FakeProvider(records=old), min_interval_s=0.0)
+    task = await started(runner)
+    runner.desire([version(1)])
+    await idle(runner)
+    assert provider.listed == [(N,)]
+    assert set(provider.records) == {(N, "A", None), (N, "AAAA", None), (M, "A", None)}
+    status = runner.status()
+    assert status["state"] == "refused" and status["last_plan"]["delete"] == 1
+    assert status["refused"] == [f"{N} AAAA: refused: deleting it would leave {N} with no AAAA answer"]
+    runner.force_next()
+    await idle(runner)
+    assert set(provider.records) == {(N, "A", None), (M, "A", None)} and runner.status()["state"] == "ok"
+    runner.desire([version(2)])  # names already listed: list_keys is not asked again
+    await idle(runner)
+    assert provider.listed == [(N,)] and provider.records[(N, "A", None)] == version(2)
+    runner.desire([version(2), version(1, name=M)])  # a new name: listed once
+    await idle(runner)
+    assert provider.listed == [(N,), (M,)]
+    await finish(runner, task)
+
+
+@pytest.mark.parametrize("held, listing, plan_settings", [
+    pytest.param(aaaa(), True, PlanSettings(manage_deletes=False), id="manage-deletes-off"),
+    pytest.param(version(1, scope="eu"), False, PlanSettings(), id="no-list-keys"),
+])
+async def test_list_keys_is_skipped_without_manage_deletes_or_without_the_method(held, listing, plan_settings):
+    provider = FakeProvider(records={held.key: held}, listing=listing)
+    runner, _, _ = make(provider, plan=plan_settings)
+    task = await started(runner)
+    runner.desire([version(1)])
+    await idle(runner)
+    assert provider.listed == [] and "list_keys" not in provider.calls
+    assert provider.records[held.key] == held and runner.status()["state"] == "ok"  # not known as this runner's
+    await finish(runner, task)
+
+
+async def test_a_failed_list_keys_is_retried_before_anything_is_written():
+    old = {version(1, scope="eu").key: version(1, scope="eu")}
+    runner, provider, _ = make(FakeProvider(records=old))
+    provider.fail_next(2, calls=["list_keys"])
+    task = await started(runner)
+    runner.desire([version(1)])
+    await idle(runner)
+    assert provider.calls[:3] == ["list_keys", "list_keys", "list_keys"] and provider.attempted[0][0].action == "create"
+    assert set(provider.records) == {(N, "A", None)}  # created, then the eu set (its default now there) deleted
+    status = runner.status()
+    assert status["state"] == "ok" and status["failures_total"] == 2 and status["last_error"] == "fake: injected failure"
+    await finish(runner, task)
+
+
+async def test_a_delete_the_provider_did_not_make_is_caught_by_the_read_back():
+    old = {version(1).key: version(1), version(1, scope="eu").key: version(1, scope="eu")}
+    runner, provider, _ = make(FakeProvider(records=old, strict=False), retry_max_s=0.2)
+    provider.keep_deletes = True
+    task = await started(runner)
+    runner.desire([version(1)])
+    await settle(lambda: runner.status()["failures_total"] >= 2)
+    status = runner.status()
+    assert status["state"] == "retrying"
+    assert status["last_error"] == f"fake: verify: read back differs: {N} A [eu]: still there after its delete"
+    provider.keep_deletes = False
+    await idle(runner)
+    assert set(provider.records) == {(N, "A", None)} and runner.status()["state"] == "ok"
+    await finish(runner, task)
+
+
+# --- the re-check -------------------------------------------------------------------------------------
+
+
+class ManualTime:
+    """A clock that only advance() moves; a sleep() ends once the clock has passed its end."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+        self._waiting: list[tuple[float, asyncio.Future]] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        done = asyncio.get_running_loop().create_future()
+        entry = (self.now + delay, done)
+        self._waiting.append(entry)
+        try:
+            await done
+        finally:
+            self._waiting.remove(entry)
+
+    async def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for end, done in list(self._waiting):
+            if end <= self.now + 1e-9 and not done.done():
+                done.set_result(None)
+        await turns(300)
+
+
+def manual(provider: FakeProvider, **kw) -> tuple[ExporterRunner, ManualTime]:
+    t = ManualTime()
+    kw.setdefault("min_interval_s", 0.0)
+    return ExporterRunner(provider, RunnerSettings(**kw), clock=t.clock, sleep=t.sleep, rng=random.Random(7),
+                          wall=t.clock), t
+
+
+async def test_an_idle_runner_rechecks_and_repairs_a_record_changed_or_lost_behind_its_back():
+    provider = FakeProvider()
+    runner, t = manual(provider, recheck_s=60.0)
+    task = await started(runner)
+    runner.desire([weighted(128)])
+    await t.advance(0)
+    assert provider.calls == ["list_keys", "current", "apply", "verify"] and t.sleeps == [60.0]
+    provider.records[(N, "A", None)] = weighted(20)  # changed by hand
+    await t.advance(59.0)
+    assert provider.writes == 1 and len(provider.calls) == 4  # not yet
+    await t.advance(1.0)
+    assert provider.calls[4:] == ["current", "apply", "verify"] and provider.records[(N, "A", None)] == weighted(128)
+    await t.advance(60.0)  # nothing changed: read and read back, no write
+    assert provider.calls[7:] == ["current", "verify"] and provider.writes == 2
+    del provider.records[(N, "A", None)]  # lost
+    await t.advance(60.0)
+    assert provider.calls[9:] == ["current", "apply", "verify"] and provider.records[(N, "A", None)] == weighted(128)
+    assert runner.status()["state"] == "ok" and runner.status()["writes_total"] == 3
+    await finish(runner, task)
+
+
+async def test_a_recheck_reads_back_even_when_the_api_looks_right():
+    provider = FakeProvider()
+    runner, t = manual(provider, recheck_s=30.0, retry_base_s=1.0, retry_max_s=1.0)
+    task = await started(runner)
+    runner.desire([weighted(128)])
+    await t.advance(0)
+    provider.mismatch_next(1)  # the server serves something else than its API says (PowerDNS with a broken LUA)
+    await t.advance(30.0)
+    assert provider.calls[4:] == ["current", "verify"] and runner.status()["state"] == "retrying"
+    await t.advance(1.0)  # the retry reads back again
+    assert provider.calls[6:] == ["current", "verify"] and runner.status()["state"] == "ok"
+    await finish(runner, task)
+
+
+async def test_a_new_desired_state_restarts_the_recheck_wait_and_0_turns_it_off():
+    provider = FakeProvider()
+    runner, t = manual(provider, recheck_s=60.0)
+    task = await started(runner)
+    runner.desire([version(1)])
+    await t.advance(0)
+    await t.advance(50.0)
+    runner.desire([version(2)])  # read at 1050: the next re-check is due at 1110
+    await turns(300)
+    calls = len(provider.calls)
+    await t.advance(59.0)
+    assert len(provider.calls) == calls
+    await t.advance(1.0)
+    assert provider.calls[calls:] == ["current", "verify"]
+    await finish(runner, task)
+
+    off = FakeProvider()
+    runner, t = manual(off, recheck_s=0.0)
+    task = await started(runner)
+    runner.desire([version(1)])
+    await t.advance(0)
+    for _ in range(5):
+        await t.advance(3600.0)
+    assert off.calls == ["list_keys", "current", "apply", "verify"] and t.sleeps == []
+    await finish(runner, task)
+
+
+async def test_a_refused_plan_is_planned_again_at_the_recheck():
+    start = RecordSet(N, "A", 60, (Answer(A1, 255, "eu"),))
+    moved = RecordSet(N, "A", 60, (Answer(A2, 255, "us"),))
+    provider = FakeProvider(records={start.key: start})
+    runner, t = manual(provider, recheck_s=60.0, plan=PlanSettings(max_weight_shift=0.6))
+    task = await started(runner)
+    runner.desire([moved])
+    await t.advance(0)
+    assert runner.status()["state"] == "refused"
+    provider.records[start.key] = RecordSet(N, "A", 60, (Answer(A1, 128, "eu"), Answer(A2, 127, "us")))  # by hand
+    await t.advance(60.0)  # now a shift of 50%: within the limit, written at the re-check
+    assert provider.records == {moved.key: moved} and runner.status()["state"] == "ok"
+    await finish(runner, task)
+
+
+def test_recheck_s_is_checked():
+    with pytest.raises(ValueError, match="recheck_s: expected a finite number of seconds >= 0, got -1"):
+        RunnerSettings(recheck_s=-1)
+    assert RunnerSettings().recheck_s == 60.0
+
+
+# --- one round for `dns plan|apply` ---------------------------------------------------------------------
+
+
+async def test_once_plans_with_listed_keys_and_writes_only_when_told():
+    old = {version(1, scope="eu").key: version(1, scope="eu"), version(1).key: version(1)}
+    provider = FakeProvider(records=old)
+    runner = ExporterRunner(provider, RunnerSettings())
+    runner.desire([version(2)])
+    dry = await runner.once(write=False)
+    assert [(c.action, c.key) for c in dry.plan.changes] == [("update", (N, "A", None)), ("delete", (N, "A", "eu"))]
+    assert not dry.written and provider.writes == 0 and provider.calls == ["list_keys", "current"]
+    done = await runner.once(write=True)
+    assert done.written and done.differences == () and set(provider.records) == {(N, "A", None)}
+    assert provider.calls[2:] == ["current", "apply", "verify", "current"]  # the read-back: verify, deletes gone
+    again = await runner.once(write=True)
+    assert again.plan.empty and not again.written and provider.writes == 1
+
+
+async def test_once_reports_what_did_not_read_back_and_raises_provider_errors():
+    old = {version(1).key: version(1), version(1, scope="eu").key: version(1, scope="eu")}
+    provider = FakeProvider(records=old, strict=False)
+    provider.keep_deletes = True
+    runner = ExporterRunner(provider, RunnerSettings())
+    runner.desire([version(1)])
+    outcome = await runner.once(write=True)
+    assert outcome.written and outcome.differences == (f"{N} A [eu]: still there after its delete",)
+    provider.fail_next(1, calls=["current"])
+    with pytest.raises(ProviderError, match="fake: injected failure"):
+        await runner.once(write=False)
+
+
+# --- the daemon's side -------------------------------------------------------------------------------------
+
+DAEMON_DNS = """
+[[regions]]
+name = "eu"
+lat = 0.0
+lon = 0.0
+[[regions.paths]]
+name = "direct"
+probe = "udp://127.0.1.1:7007"
+answer = "192.0.2.1"
+
+[[services]]
+name = "api"
+policy = "latency"
+
+[dns]
+recheck_interval = "30s"
+
+[[dns.providers]]
+name = "pdns"
+kind = "powerdns"
+zone = "example.com"
+api_url = "http://127.0.0.1:9"
+api_key = "env:LR_TEST_PDNS_KEY"
+
+[[dns.records]]
+name = "api.example.com"
+service = "api"
+provider = "pdns"
+"""
+
+
+def decision(answer: str):
+    """The default group's decision for api: one candidate, all the weight."""
+    from latency_router.decider.decision import Candidate, Decision
+
+    candidate = Candidate("eu", "direct", answer, 10.0, "up", True, 255)
+    return Decision("api", "default", "latency", "eu", "direct", (answer,), 10.0, 60, "measured", "test", None, None,
+                    (candidate,), 0.0, 0.0)
+
+
+def test_the_daemon_reports_a_desired_state_it_cannot_build_on_the_exporter(monkeypatch):
+    from latency_router.config import parse_config
+    from latency_router.daemon import Daemon
+
+    monkeypatch.setenv("LR_TEST_PDNS_KEY", "k")
+    daemon = Daemon(parse_config(DAEMON_DNS), None)
+    runner = daemon.dns_runners["pdns"]
+    assert runner.settings.recheck_s == 30.0
+    daemon._ready_at = 0.0
+    daemon._push_dns({("api", "default"): decision("192.0.2.1")})
+    assert runner.status()["state"] == "pending" and runner.status()["record_sets"] == 1
+    for _ in range(3):
+        daemon._push_dns({("api", "default"): decision("eu.example.net")})  # a host name cannot go into an A record
+    status = runner.status()
+    assert status["state"] == "failed" and status["failures_total"] == 1 and status["record_sets"] == 1
+    assert "answer 'eu.example.net' is not an IP address" in status["last_error"]
+    daemon._push_dns({("api", "default"): decision("192.0.2.1")})
+    assert runner.status()["state"] == "pending"

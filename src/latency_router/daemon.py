@@ -128,7 +128,6 @@ class Daemon:
         self.metrics_registry = Metrics(self, version=__version__)
         self.dns_runners: dict[str, Any] = {}
         self._dns_records: dict[str, list[Any]] = {}
-        self._dns_problem: str | None = None
         if cfg.dns is not None and cfg.dns.providers:
             self._build_dns(cfg)
 
@@ -143,7 +142,7 @@ class Daemon:
 
         dns = cfg.dns
         settings = RunnerSettings(
-            min_interval_s=dns.min_write_interval_s, retry_max_s=dns.retry_max_s,
+            min_interval_s=dns.min_write_interval_s, retry_max_s=dns.retry_max_s, recheck_s=dns.recheck_s,
             plan=PlanSettings(min_weight_change=dns.min_weight_change, max_weight_shift=dns.max_weight_shift),
         )
         for i, p in enumerate(dns.providers):
@@ -161,11 +160,11 @@ class Daemon:
 
         for name, runner in self.dns_runners.items():
             try:
-                runner.desire(desired_record_sets(decisions, self._cfg, self._dns_records[name]))
-            except ValueError as exc:
-                if str(exc) != self._dns_problem:
-                    log.error("dns %s: %s", name, exc)
-                    self._dns_problem = str(exc)
+                desired = desired_record_sets(decisions, self._cfg, self._dns_records[name])
+            except ValueError as exc:  # the exporter says "failed" (logged and counted once) and keeps its last good state
+                runner.reject_desired(str(exc))
+                continue
+            runner.desire(desired)
 
     def _new_scheduler(self, cfg: "Config", targets_by_key: dict[str, tuple[str, str, str]]) -> Scheduler:
         targets = [(key, make_prober(url, self.counters)) for key, (_, _, url) in targets_by_key.items()]

@@ -95,14 +95,15 @@ def cross_reference_problems(data: Mapping[str, Any]) -> list[Problem]:
 
 
 def _dns_problems(data: Mapping[str, Any], dns: Mapping[str, Any]) -> list[Problem]:
-    """DNS records that name an unknown provider or service, lie outside the provider's zone, or whose service hands
-    out host names (an A/AAAA record holds addresses)."""
+    """DNS records that name an unknown provider or service, lie outside the provider's zone, repeat a name at one
+    provider, or whose service hands out host names (from a path or its fallback: an A/AAAA record holds addresses)."""
     problems: list[Problem] = []
     providers = _names(("dns", "providers"), _items(dns, "providers"), "provider", problems)
     services = {_text(s, "name"): s for _, s in _items(data, "services")}
     answers_of_region = {
         _text(r, "name"): [_text(p, "answer") for _, p in _items(r, "paths")] for _, r in _items(data, "regions")
     }
+    first_at: dict[tuple[str, str], int] = {}  # (provider, normalised name) -> the record that has it first
     for i, record in _items(dns, "records"):
         provider = _text(record, "provider")
         if provider is not None and provider not in providers:
@@ -112,19 +113,42 @@ def _dns_problems(data: Mapping[str, Any], dns: Mapping[str, Any]) -> list[Probl
             problems.append((("dns", "records", i, "service"), f"unknown service {show(service)}"))
         name, zone = _text(record, "name"), _text(providers.get(provider) or {}, "zone")
         if name and zone:
-            n, z = name.lower().rstrip(".") + ".", zone.lower().rstrip(".") + "."
+            n, z = _fqdn(name), _fqdn(zone)
             if n != z and not n.endswith("." + z):
                 problems.append((("dns", "records", i, "name"), f"{show(name)} is not in the provider's zone {show(zone)}"))
+        if name and provider is not None:
+            first = first_at.setdefault((provider, _fqdn(name)), i)
+            if first != i:
+                problems.append((("dns", "records", i, "name"),
+                                 f"{show(name)} is given twice for provider {show(provider)} (first at "
+                                 f"{key_path(('dns', 'records', first, 'name'))}); one record per name and provider"))
         if service in services:
-            regions = services[service].get("regions") or list(answers_of_region)
-            for region in regions:
-                for answer in answers_of_region.get(region, []):
-                    if answer is not None and not _is_ip(answer):
-                        problems.append((("dns", "records", i, "service"),
-                                         f"service {show(service)} answers the host name {show(answer)} "
-                                         f"(region {region}); an A/AAAA record holds addresses"))
-                        break
+            problems.extend(_host_name_answers(("dns", "records", i, "service"), service, services[service],
+                                               answers_of_region))
     return problems
+
+
+def _fqdn(name: str) -> str:
+    """A domain name as record sets key it: lower case, one trailing dot."""
+    return name.lower().rstrip(".") + "."
+
+
+def _host_name_answers(loc: Loc, service: str, table: Mapping, answers_of_region: Mapping[str | None, list]) -> list[Problem]:
+    """The first host name the service may hand out (a path's answer in its regions, or its static fallback), if any."""
+    regions = table.get("regions") or list(answers_of_region)
+    if isinstance(regions, (list, tuple)):
+        for region in regions:
+            for answer in answers_of_region.get(region, []) if isinstance(region, str) else []:
+                if answer is not None and not _is_ip(answer):
+                    return [(loc, f"service {show(service)} answers the host name {show(answer)} (region {region}); "
+                                  "an A/AAAA record holds addresses")]
+    fallback = table.get("fallback")
+    if isinstance(fallback, (list, tuple)):
+        for answer in fallback:
+            if isinstance(answer, str) and not _is_ip(answer):
+                return [(loc, f"service {show(service)} has the host name {show(answer)} in its fallback; "
+                              "an A/AAAA record holds addresses")]
+    return []
 
 
 def _is_ip(text: str) -> bool:

@@ -175,6 +175,7 @@ class DnsConfig(_Model):
     max_weight_shift: Ratio = 1.0  # 1.0: no limit (a failover moves a whole group); set lower to guard
     min_write_interval_s: Annotated[Duration, Field(alias="min_write_interval", ge=0)] = 1.0
     retry_max_s: Annotated[Duration, Field(alias="retry_max", gt=0)] = 5.0
+    recheck_s: Annotated[Duration, Field(alias="recheck_interval", ge=0)] = 60.0  # 0: no re-check while idle
     providers: tuple[DnsProviderConfig, ...] = ()
     records: tuple[DnsRecordConfig, ...] = ()
 

@@ -86,7 +86,12 @@ class Plan:
 
 
 class Provider(Protocol):
-    """A DNS server latency-router writes to. Safety (plan checks, rate limits, retries) lives in the shared code."""
+    """A DNS server latency-router writes to. Safety (plan checks, rate limits, retries) lives in the shared code.
+
+    Optional: `async list_keys(names: Sequence[str]) -> list[Key]`, every key of an A or AAAA record set the provider
+    holds at these names (FQDN, lower case, trailing dot). The runner (looked up with getattr) asks it once per name,
+    so that sets an earlier run wrote and no longer wanted are planned as deletes; without it they are left alone.
+    """
 
     name: str
 

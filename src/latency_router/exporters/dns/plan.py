@@ -3,9 +3,11 @@
 - Churn: an update that keeps the answers (values and set ids), TTL and networks, and moves every weight by less than
   `min_weight_change` points (0-255), is not written; it is listed in `Plan.skipped` with its figures. Drift adds up:
   the comparison is always with what the provider holds, so small moves are written once they reach the threshold.
-- No empty answer: a create or update whose record set has no answer is refused, and so are the deletes that would
-  leave a name with no answer in any type or scope. A set whose weights are all 0 has answers: like Route 53, a
-  provider serves all of them alike then.
+- No empty answer, per (name, type, scope): a create or update whose record set has no answer is refused, and so is
+  the delete of a set that has answers unless its clients still get an answer of that type: a group's set may go
+  while the set for everyone (scope None) of the same name and type keeps answers; the set for everyone may not go
+  (an A set's answers do not answer AAAA queries, nor the other way round). A set whose weights are all 0 has
+  answers: like Route 53, a provider serves all of them alike then.
 - Weight shift: an update that moves more than `max_weight_shift` of the weight share (half the L1 distance between
   the old and new shares; a set whose weights are all 0 shares equally) is refused. Note that a group moving its
   single answer to another region is a shift of 1.0: a deployment that wants failovers written unattended sets 1.0.
@@ -149,18 +151,16 @@ def make_plan(
     if settings.manage_deletes:
         deletes = [Change(current[k], None) for k in sorted(current, key=_sort_key) if k not in wanted]
         if deletes and not force:
-            # what each name answers once the accepted creates and updates and every delete are done
+            # what the provider holds once the accepted creates and updates and every delete are done
             after = dict(current)
             after.update({c.key: c.new for c in changes if c.new is not None})
             for c in deletes:
                 after.pop(c.key, None)
-            answered = {k[0] for k, rs in after.items() if rs.answers}
             kept = []
             for c in deletes:
-                name = c.key[0]
-                had = any(rs.answers for k, rs in current.items() if k[0] == name)
-                if had and name not in answered:
-                    refused.append(f"{key_label(c.key)}: refused: deleting it would leave {name} with no answer")
+                problem = _delete_leaves_no_answer(c, after)
+                if problem:
+                    refused.append(f"{key_label(c.key)}: refused: deleting it would leave {problem}")
                 else:
                     kept.append(c)
             deletes = kept
@@ -168,6 +168,20 @@ def make_plan(
 
     changes.sort(key=lambda c: (_ACTION_ORDER[c.action], _sort_key(c.key)))
     return Plan(provider, tuple(changes), tuple(skipped), tuple(refused))
+
+
+def _delete_leaves_no_answer(change: Change, after: Mapping[Key, RecordSet]) -> str:
+    """Whom deleting this set leaves with no answer of its type ('' when nobody): a group's clients fall back to the
+    set for everyone of the same name and type; the clients of the set for everyone have nothing else to get."""
+    name, rtype, scope = change.key
+    if change.old is None or not change.old.answers:
+        return ""  # it answered nothing: nobody loses an answer
+    if scope is None:
+        return f"{name} with no {rtype} answer"
+    everyone = after.get((name, rtype, None))
+    if everyone is not None and everyone.answers:
+        return ""
+    return f"the clients of group {scope} with no {rtype} answer for {name}"
 
 
 def plan_counts(plan: Plan) -> dict[str, int]:
