@@ -41,19 +41,9 @@ def lab_config(port: int, *, extra_top: str = "", events: str | None = None, ser
 
 # `latency-router run` with the root logger set up first: the daemon's own logging.basicConfig() then changes nothing,
 # so every logger (the daemon's and its libraries') writes at this level. The daemon has no log-level setting itself.
-_RUN_AT_LEVEL = (
-    "import logging, sys\n"
-    "logging.basicConfig(level=sys.argv.pop(1), format='%(asctime)s %(levelname)s %(name)s: %(message)s')\n"
-    "logging.getLogger('latency_router.tests').debug('the root logger is at %s', logging.getLevelName("
-    "logging.getLogger().level))\n"
-    "from latency_router.cli import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
-
-
 class Daemon:
     """`latency-router run -c CONFIG` in a subprocess; stdout and stderr go to files in `workdir`. `log_level` (e.g.
-    "DEBUG") sets the root logger's level before the daemon starts; None keeps the daemon's own (INFO)."""
+    "DEBUG") is passed as `run --log-level`; None keeps the daemon's default (info)."""
 
     def __init__(self, workdir: Path, config: str, env: dict[str, str] | None = None,
                  log_level: str | None = None) -> None:
@@ -63,9 +53,9 @@ class Daemon:
         self.port = int(re.search(r'listen = "127\.0\.0\.1:(\d+)"', config).group(1))  # type: ignore[union-attr]
         self.out = (workdir / "stdout.txt").open("w+")
         self.err = (workdir / "stderr.txt").open("w+")
-        command = ["-m", "latency_router"] if log_level is None else ["-c", _RUN_AT_LEVEL, log_level]
+        level = [] if log_level is None else ["--log-level", log_level]
         self.proc = subprocess.Popen(
-            [sys.executable, *command, "run", "-c", str(self.config_path)],
+            [sys.executable, "-m", "latency_router", "run", "-c", str(self.config_path), *level],
             stdout=self.out, stderr=self.err, cwd=workdir, env={**os.environ, **(env or {})},
         )
 

@@ -492,7 +492,7 @@ dns_server = "127.0.0.1:{closed}"
         assert state["failures_total"] >= 1, state
         assert failures_total(daemon, "pdns") > 0
         assert daemon.request("/healthz")[0] == 200  # a provider that fails holds up nothing
-        assert "DEBUG latency_router.tests: the root logger is at DEBUG" in daemon.stderr(), "not at DEBUG"
+        assert "DEBUG latency_router.daemon: logging at debug" in daemon.stderr(), "not at DEBUG"
         plan_config = tmp_path / "plan.toml"
         plan_config.write_text(config)
         plan = dns_cli("plan", plan_config, env)

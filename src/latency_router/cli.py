@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the daemon (starts the built-in lab when the config has a [lab] section)")
     _add_config(p)
     p.add_argument("--duration", default=None, metavar="D", help="stop after this long (e.g. 30s); default: until a signal")
+    p.add_argument("--log-level", default="info", type=str.lower, choices=("debug", "info", "warning", "error"),
+                   help="log level (default info; debug logs every write and request, never a secret)")
 
     p = sub.add_parser("check-config", help="validate a config: exit 0, or 2 with one line per problem on stderr")
     p.add_argument("file", nargs="?", metavar="FILE")
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             return lab_main(*loaded)
         from latency_router.daemon import run_main
 
-        return run_main(*loaded, config_path=args.config)
+        return run_main(*loaded, config_path=args.config, log_level=args.log_level)
     raise AssertionError(args.command)
 
 

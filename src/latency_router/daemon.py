@@ -581,9 +581,10 @@ class Daemon:
             self._ensure_rows()
 
 
-def run_main(cfg: "Config", duration_s: float | None, config_path: str | None = None) -> int:
+def run_main(cfg: "Config", duration_s: float | None, config_path: str | None = None, log_level: str = "info") -> int:
     """Run the daemon on a loaded config until a signal or the duration; returns the exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.debug("logging at %s", log_level)
     try:
         daemon = Daemon(cfg, config_path)
     except SecretError as exc:
