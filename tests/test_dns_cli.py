@@ -165,7 +165,8 @@ def test_a_failure_exits_1_even_when_something_was_refused_too(capsys):
     # one refusal (the AAAA delete) and one failed write (the A update)
     assert run(provider, {("api", "default"): decision(V4)}, write=True) == 1
     assert provider.attempted and provider.writes == 0
-    assert "pdns: pdns: injected failure" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pdns: injected failure" in err and "pdns: pdns:" not in err  # the provider named once
 
     down = FakeProvider("pdns")
     down.fail_next(1, calls=["list_keys"], error=lambda: RuntimeError("token=hunter2"))

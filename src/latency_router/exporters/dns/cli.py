@@ -20,6 +20,8 @@ import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from latency_router.exporters.dns.errors import ProviderError
+
 if TYPE_CHECKING:
     from latency_router.config.models import Config, DnsProviderConfig
     from latency_router.decider.decision import Decision
@@ -80,7 +82,6 @@ async def run_dns(
     go to stdout, failures to stderr; returns the exit code. `build` makes a table's provider (default build_provider;
     its SecretError is raised)."""
     from latency_router.exporters.dns.desired import DnsRecord, desired_record_sets
-    from latency_router.exporters.dns.errors import ProviderError
     from latency_router.exporters.dns.plan import PlanSettings, format_plan
     from latency_router.exporters.dns.runner import ExporterRunner, RunnerSettings
     from latency_router.exporters.dns.setup import build_provider
@@ -105,7 +106,7 @@ async def run_dns(
         except SecretError:
             raise
         except (ProviderError, ValueError) as exc:
-            print(f"{p.name}: {exc}", file=sys.stderr)
+            print(_named(p.name, exc), file=sys.stderr)
             codes.add(FAILED)
             continue
         try:
@@ -131,7 +132,7 @@ async def run_dns(
             elif write:
                 print(f"nothing written to {p.name}")
         except (ProviderError, ValueError) as exc:
-            print(f"{p.name}: {exc}", file=sys.stderr)
+            print(_named(p.name, exc), file=sys.stderr)
             codes.add(FAILED)
         except Exception as exc:  # a provider bug: its text may hold anything (a URL, a header), so only its type
             print(f"{p.name}: failed with {type(exc).__name__}", file=sys.stderr)
@@ -139,6 +140,11 @@ async def run_dns(
         finally:
             await provider.aclose()
     return FAILED if FAILED in codes else max(codes)
+
+
+def _named(provider: str, exc: Exception) -> str:
+    """The error's text, starting with the provider's name once (a ProviderError's text starts with it already)."""
+    return str(exc) if isinstance(exc, ProviderError) else f"{provider}: {exc}"
 
 
 def dns_main(args: argparse.Namespace) -> int:
