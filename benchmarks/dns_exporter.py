@@ -14,7 +14,6 @@ Part 2 (quiet): the same daemon on a noisy lab (every path's jitter twice the hy
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

@@ -152,6 +152,38 @@ def test_ipv6_listen_and_ipv6_answers():
     assert config.regions[0].paths[0].answer == "2001:db8::10"
 
 
+ZONE_ID_SERVICE = '\n[[services]]\nname = "api"\npolicy = "latency"\nall_down = "static"\nfallback = ["192.0.2.9", "{a}"]\n'
+ZONE_ID_FENCE = ZONE_ID_SERVICE.replace('"{a}"]\n', '"192.0.2.8"]\n[[services.fences]]\ncidrs = ["{c}"]\nregions = ["eu-west-1"]\n')
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        pytest.param(ZONE_ID_SERVICE.format(a="fe80::1%eth0"), "services[0].fallback[1]", id="fallback"),
+        pytest.param(ZONE_ID_SERVICE.format(a="2001:db8::1%x'y z"), "services[0].fallback[1]", id="fallback-quote"),
+        pytest.param(ZONE_ID_FENCE.format(c="fe80::%eth0/64"), "services[0].fences[0].cidrs[0]", id="fence-cidr"),
+        pytest.param('\n[[groups]]\nname = "g"\ncidrs = ["fe80::1%a/64"]\n', "groups[0].cidrs[0]", id="loose-cidr"),
+    ],
+)
+def test_an_address_or_network_with_a_zone_id_is_refused_naming_the_field(extra, where):
+    # ipaddress keeps any text after '%' (quotes, spaces) as the zone id: none may reach a DNS record or LUA program
+    (line,) = problems_of(MINIMAL + extra)
+    assert line.startswith(f"{where}: ") and "has a zone id (the part after '%')" in line, line
+
+
+@pytest.mark.parametrize("answer", ["eu.example.net", "eu.example.net.", "a-1.b2.example"])
+def test_host_name_answers_stay_allowed_when_plain(answer):
+    config = parse_config(MINIMAL.replace('answer = "203.0.113.10"', f'answer = "{answer}"'))
+    assert config.regions[0].paths[0].answer == answer
+
+
+@pytest.mark.parametrize("answer", ["eu.example.net'", "eu example.net", "eu_1.example.net", 'a".example', "a%b.example"])
+def test_host_name_answers_with_other_characters_are_refused(answer):
+    text = MINIMAL.replace('answer = "203.0.113.10"', f"answer = '{answer}'" if '"' in answer else f'answer = "{answer}"')
+    (line,) = problems_of(text)
+    assert line.startswith("regions[0].paths[0].answer: ") and "is not an IP address or a host name" in line, line
+
+
 def test_models_are_frozen():
     config = parse_config(MINIMAL)
     with pytest.raises(ValidationError):

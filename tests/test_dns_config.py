@@ -8,6 +8,10 @@ from latency_router.config import ConfigError, parse_config
 from support import MINIMAL_CONFIG
 
 GOOD = MINIMAL_CONFIG + """
+[[groups]]
+name = "eu"
+cidrs = ["192.0.2.0/24"]
+
 [[services]]
 name = "api"
 policy = "latency"
@@ -116,3 +120,39 @@ def test_recheck_interval(line, expected):
 def test_a_negative_recheck_interval_is_named():
     found = problems(GOOD.replace("min_weight_change = 5\n", 'min_weight_change = 5\nrecheck_interval = "-1s"\n'))
     assert len(found) == 1 and found[0].startswith("dns.recheck_interval: "), found
+
+
+BIND_PER_GROUP = '\n[[dns.records]]\nname = "www.example.com"\nservice = "api"\nprovider = "bind"\nmode = "per-group"\n'
+MORE_GROUPS = '\n[[groups]]\nname = "us"\ncidrs = ["198.51.100.0/24"]\n[[groups]]\nname = "ap"\ncidrs = []\n'
+
+
+def test_per_group_records_at_rfc2136_need_a_view_key_for_every_group_with_cidrs():
+    # without one, the config loaded and the provider then failed for good at run time, writing nothing
+    toml = GOOD.replace("[[services]]", MORE_GROUPS + "\n[[services]]", 1) + BIND_PER_GROUP
+    assert problems(toml) == [
+        "dns.records[1].mode: per-group answers at rfc2136 provider 'bind' need a view key for every group with CIDRs; "
+        "none for 'us' (add it to dns.providers[1].views)"
+    ]
+    with_us = toml.replace('views = {eu = {key_name = "eu", key_secret = "env:EU_KEY"}}',
+                           'views = {eu = {key_name = "eu", key_secret = "env:EU_KEY"}, '
+                           'us = {key_name = "us", key_secret = "env:US_KEY"}}')
+    assert set(parse_config(with_us).dns.providers[1].views) == {"eu", "us"}  # 'ap' has no CIDRs: it needs none
+    no_views = toml.replace('views = {eu = {key_name = "eu", key_secret = "env:EU_KEY"}}\n', "")
+    assert problems(no_views) == [
+        "dns.records[1].mode: per-group answers at rfc2136 provider 'bind' need a view key for every group with CIDRs; "
+        "none for 'eu', 'us' (add them to dns.providers[1].views)"
+    ]
+
+
+def test_a_weighted_record_at_rfc2136_needs_no_view_key():
+    toml = GOOD.replace("[[services]]", MORE_GROUPS + "\n[[services]]", 1) + BIND_PER_GROUP.replace("per-group", "weighted")
+    toml = toml.replace('views = {eu = {key_name = "eu", key_secret = "env:EU_KEY"}}\n', "")
+    assert parse_config(toml).dns.records[1].mode == "weighted"
+
+
+def test_a_view_key_for_an_unknown_group_is_refused_naming_it():
+    toml = GOOD.replace('views = {eu = {key_name = "eu", key_secret = "env:EU_KEY"}}',
+                        'views = {eu = {key_name = "eu", key_secret = "env:EU_KEY"}, '
+                        'asia = {key_name = "asia", key_secret = "env:ASIA_KEY"}}')
+    assert problems(toml) == ["dns.providers[1].views.asia: unknown group 'asia' (a view key is for one of the "
+                              "config's groups)"]

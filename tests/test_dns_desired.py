@@ -177,6 +177,18 @@ def test_a_host_name_answer_is_an_error_naming_the_service_and_the_answer():
             desired_record_sets(decisions, config, [DnsRecord(NAME, "api", mode=mode)])
 
 
+def test_an_answer_with_a_zone_id_is_an_error_naming_the_service_and_the_answer():
+    config = config_with('policy = "latency"')
+    decisions = dict(decide(config))
+    crafted = "2001:db8::1%z'}) or x({'1"  # the config refuses it; a decision built some other way must not pass it on
+    eu = decisions[("api", "eu")]
+    candidates = tuple(c._replace(answer=crafted) if c.answer == eu.answers[0] else c for c in eu.candidates)
+    decisions[("api", "eu")] = eu._replace(answers=(crafted,), candidates=candidates)
+    for mode in ("weighted", "per-group"):
+        with pytest.raises(ValueError, match=r"service api: answer .*2001:db8::1%z.* has a zone id"):
+            desired_record_sets(decisions, config, [DnsRecord(NAME, "api", mode=mode)])
+
+
 def test_a_host_name_path_that_is_not_chosen_is_no_error():
     regions = REGIONS.replace(f'answer = "{EU_ACCEL}"', 'answer = "edge.accel.example.net"')
     config = config_with('policy = "latency"', regions)

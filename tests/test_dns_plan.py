@@ -107,8 +107,16 @@ def test_the_same_key_twice_in_the_desired_state_is_an_error():
         pytest.param({A1: 128, A2: 127}, {A1: 137, A2: 118}, 10, False, id="9-points-skipped"),
         pytest.param({A1: 128, A2: 127}, {A1: 138, A2: 117}, 10, True, id="10-points-written"),
         pytest.param({A1: 128, A2: 127}, {A1: 129, A2: 126}, 1, True, id="threshold-1-writes-any-move"),
-        pytest.param({A1: 128, A2: 127}, {A1: 128, A2: 127, A3: 1}, 10, True, id="a-new-answer-is-written"),
+        pytest.param({A1: 128, A2: 127}, {A1: 123, A2: 122, A3: 10}, 10, True, id="a-new-answer-is-written"),
         pytest.param({A1: 128, A2: 127}, {A1: 130}, 10, True, id="an-answer-gone-is-written"),
+        # an answer on one side only is a move from or to weight 0 (the desired sets leave weight-0 answers out)
+        pytest.param({A1: 128, A2: 127}, {A1: 128, A2: 126, A3: 1}, 10, False, id="a-new-answer-below-it-is-skipped"),
+        pytest.param({A1: 254, A2: 1}, {A1: 255}, 10, False, id="an-answer-gone-below-it-is-skipped"),
+        pytest.param({A1: 255, A2: 0}, {A1: 255}, 10, False, id="a-weight-0-answer-gone-is-skipped"),
+        pytest.param({A1: 250, A2: 5}, {A1: 250}, 5, True, id="an-answer-gone-at-it-is-written"),
+        pytest.param({A1: 0, A2: 0}, {A1: 0}, 10, True, id="an-answer-gone-from-all-zero-is-written"),
+        pytest.param({A1: 0}, {A1: 0, A2: 0}, 10, True, id="an-answer-new-to-all-zero-is-written"),
+        pytest.param({}, {A1: 1}, 10, True, id="answers-where-there-were-none-are-written"),
         pytest.param({A1: 0, A2: 0}, {A1: 5, A2: 0}, 10, True, id="all-zero-to-weighted-is-written"),
         pytest.param({A1: 5, A2: 0}, {A1: 0, A2: 0}, 10, True, id="weighted-to-all-zero-is-written"),
     ],
@@ -136,6 +144,37 @@ def test_a_skip_names_the_set_and_the_figures():
 def test_a_small_weight_move_with_another_change_is_written(new):
     p = plan(cur(rs(N, {A1: 128, A2: 127})), [new])
     assert actions(p) == [("update", (N, "A", None))] and p.skipped == ()
+
+
+def test_an_answer_hovering_around_weight_0_is_not_written_at_every_flip():
+    # desired sets leave weight-0 answers out: a far answer moving between 0 and 1 adds and removes it
+    held = rs(N, {A1: 254, A2: 1})
+    writes = 0
+    for i in range(10):
+        want = rs(N, {A1: 255}) if i % 2 == 0 else rs(N, {A1: 254, A2: 1})
+        p = plan(cur(held), [want], max_weight_shift=1.0)
+        if p.changes:
+            writes += 1
+            held = p.changes[0].new  # type: ignore[assignment]
+    assert writes == 0
+    grown = plan(cur(held), [rs(N, {A1: 240, A2: 15})], max_weight_shift=1.0)  # a real move of 14 points
+    assert actions(grown) == [("update", (N, "A", None))]
+
+
+def test_a_new_answer_with_a_set_id_is_no_shape_change_but_a_changed_set_id_is():
+    current = cur(RecordSet(N, "A", 60, (Answer(A1, 250, "eu/direct"),)))
+    new_answer = RecordSet(N, "A", 60, (Answer(A1, 250, "eu/direct"), Answer(A2, 5, "us/direct")))
+    assert plan(current, [new_answer]).skipped and plan(current, [new_answer]).empty
+    renamed = RecordSet(N, "A", 60, (Answer(A1, 250, "eu/accelerator"), Answer(A2, 5, "us/direct")))
+    assert actions(plan(current, [renamed])) == [("update", (N, "A", None))]
+
+
+def test_a_set_whose_every_answer_is_replaced_is_written_whatever_the_threshold():
+    # a set someone else wrote (weight 1 each, their set ids) replaced by ours: no answer in common, no small move
+    theirs = RecordSet(N, "A", 60, (Answer(A1, 1, "theirs"), Answer(A2, 1, "theirs-2")))
+    ours = rs(N, {A3: 25} | {f"192.0.2.{i}": 23 for i in range(10, 20)})  # 11 answers, none of 100 points
+    p = plan(cur(theirs), [ours], min_weight_change=100, max_weight_shift=1.0)
+    assert actions(p) == [("update", (N, "A", None))] and not p.skipped
 
 
 def test_drift_adds_up_against_what_the_provider_holds():
@@ -332,21 +371,26 @@ def test_an_unforced_plan_never_leaves_a_name_type_or_group_with_no_answer(curre
 
 
 def top_answer(record_set: RecordSet) -> RecordSet:
-    """A provider that holds only the heaviest answer, with weight 1 and no set id (as plain DNS)."""
+    """A provider that holds only the heaviest answer, with the full weight and no set id (as plain DNS)."""
     if not record_set.answers:
         return record_set
     best = max(record_set.answers, key=lambda a: (a.weight, a.value))
-    return RecordSet(record_set.name, record_set.rtype, record_set.ttl, (Answer(best.value),), record_set.scope)
+    return RecordSet(record_set.name, record_set.rtype, record_set.ttl, (Answer(best.value, 255),), record_set.scope)
 
 
 def test_the_plan_compares_what_the_provider_can_hold():
-    current = cur(RecordSet(N, "A", 60, (Answer(A1),)))
+    current = cur(RecordSet(N, "A", 60, (Answer(A1, 255),)))
     same_top = [rs(N, {A1: 200, A2: 55})]
     assert make_plan("p", current, same_top, representable=top_answer).empty
     assert not make_plan("p", current, same_top).empty  # without it, the weights differ
     moved = make_plan("p", current, [rs(N, {A1: 55, A2: 200})], PlanSettings(max_weight_shift=1.0),
                       representable=top_answer)
-    assert [c.new for c in moved.changes] == [RecordSet(N, "A", 60, (Answer(A2),))]
+    assert [c.new for c in moved.changes] == [RecordSet(N, "A", 60, (Answer(A2, 255),))]
+    for threshold in (1, 255):  # an answer that comes or goes is a whole move for a provider without weights
+        p = make_plan("p", current, [rs(N, {A1: 55, A2: 200})], PlanSettings(min_weight_change=threshold,
+                                                                            max_weight_shift=1.0),
+                      representable=top_answer)
+        assert actions(p) == [("update", (N, "A", None))] and not p.skipped
 
 
 # --- output and settings ---------------------------------------------------------------------------
@@ -402,3 +446,36 @@ def test_plan_settings_reject_bad_values_naming_them(kwargs, message):
 def test_changes_are_model_changes():
     (change,) = plan({}, [rs(N)]).changes
     assert isinstance(change, Change) and change.action == "create"
+
+
+# --- the model's own checks ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["fe80::1%eth0", "2001:db8::1%z'}) or x({'1", "fe80::1%a b"])
+def test_an_answer_with_a_zone_id_is_refused_naming_it(value):
+    # ipaddress parses these (the zone id is free text) but no DNS record can hold one
+    with pytest.raises(ValueError, match="has a zone id") as caught:
+        Answer(value, 1, "x")
+    assert repr(value) in str(caught.value)
+
+
+@pytest.mark.parametrize("value", [3232235777, b"\xc0\x00\x02\x01", "192.0.2.1 ", "eu.example.net"])
+def test_an_answer_that_is_not_an_address_string_is_refused_naming_it(value):
+    with pytest.raises(ValueError) as caught:
+        Answer(value, 1, "x")  # type: ignore[arg-type]
+    assert repr(value) in str(caught.value)
+
+
+@pytest.mark.parametrize("value, canonical", [("2001:DB8:0:0::1", "2001:db8::1"), ("2001:db8:0000::0001", "2001:db8::1"),
+                                              ("192.0.2.1", "192.0.2.1")])
+def test_an_answer_keeps_its_address_in_canonical_text(value, canonical):
+    assert Answer(value, 1, "x").value == canonical
+    assert Answer(value, 1, "x") == Answer(canonical, 1, "x")
+
+
+def test_a_record_set_with_a_network_with_a_zone_id_is_refused_naming_it():
+    net = "fe80::%a' or '0.0.0.0'..string.char(47)..'0' or '/64"
+    with pytest.raises(ValueError, match="zone id") as caught:
+        RecordSet(N, "AAAA", 60, (Answer(V6, 1),), "eu", ("2001:db8::/48", net))
+    assert repr(net) in str(caught.value)
+    assert RecordSet(N, "AAAA", 60, (Answer(V6, 1),), "eu", ("2001:db8::/48",)).networks == ("2001:db8::/48",)

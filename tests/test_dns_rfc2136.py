@@ -3,6 +3,7 @@ badly signed ones are refused, per-group answers differ by view key, and no TSIG
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -21,6 +22,8 @@ import pytest
 from bind_support import ALGORITHM, BindServer, free_port, keyring, make_secret, running_bind
 from latency_router.exporters.dns.errors import ProviderError
 from latency_router.exporters.dns.model import Answer, Change, RecordSet
+from latency_router.exporters.dns.plan import PlanSettings, make_plan
+from latency_router.exporters.dns.runner import ExporterRunner, RunnerSettings
 from latency_router.exporters.dns.rfc2136 import Rfc2136Provider
 from latency_router.secrets import Secret
 
@@ -156,7 +159,7 @@ async def test_current_reads_back_what_was_applied(bind: BindServer) -> None:
     other_view = (f"b.{bind.zone}", "A", "eu")  # b exists in the us view only
     got = await p.current([s.key for s in sets] + [absent, other_view])
     assert got == {s.key: p.representable(s) for s in sets}
-    assert got[sets[0].key].answers == (Answer("192.0.2.1", 1),) and got[sets[0].key].ttl == 45
+    assert got[sets[0].key].answers == (Answer("192.0.2.1", 255),) and got[sets[0].key].ttl == 45
     assert await p.verify(sets) == []
 
 
@@ -257,8 +260,24 @@ def test_representable_keeps_the_top_answers_with_equal_weights(weights, max_ans
     desired = RecordSet("www.example.test.", rtype, 30, tuple(Answer(v, w, f"id{i}") for i, (v, w) in
                                                                 enumerate(weights.items())), None, ("192.0.2.0/24",))
     got = p.representable(desired)
-    assert got == RecordSet("www.example.test.", rtype, 30, tuple(Answer(v) for v in served), None)
+    assert got == RecordSet("www.example.test.", rtype, 30, tuple(Answer(v, 255) for v in served), None)
     assert p.representable(got) == got
+
+
+def test_an_answer_served_or_not_is_a_whole_move_for_the_churn_threshold() -> None:
+    # plain DNS holds no weights: the top answers changing must be written, whatever the threshold
+    p = Rfc2136Provider(("127.0.0.1", 53), "example.test", "main", make_secret("main"), max_answers=2)
+
+    def answers(*weights: int) -> RecordSet:
+        return RecordSet("www.example.test.", "A", 30, tuple(Answer(f"192.0.2.{i}", w) for i, w in enumerate(weights, 1)))
+
+    held = p.representable(answers(100, 80, 75))  # serves .1 and .2
+    for threshold in (10, 255):  # .3 overtakes .2 by a point: the served set changes
+        plan = make_plan("r", {held.key: held}, [answers(100, 75, 80)],
+                         PlanSettings(min_weight_change=threshold, max_weight_shift=1.0), representable=p.representable)
+        assert [c.new.answers for c in plan.changes if c.new] == [(Answer("192.0.2.1", 255), Answer("192.0.2.3", 255))]
+        assert not plan.skipped
+    assert make_plan("r", {held.key: held}, [answers(120, 70, 65)], representable=p.representable).empty
 
 
 @pytest.mark.parametrize(
@@ -270,6 +289,15 @@ def test_representable_keeps_the_top_answers_with_equal_weights(weights, max_ans
                      "r2136: 'www.example.org.' is not a name in zone example.test.", id="outside-zone"),
         pytest.param(RecordSet("www.example.test.", "A", 30, (Answer("2001:db8::1"),)),
                      "r2136: www.example.test. A (every client): 2001:db8::1 is not an A address", id="wrong-family"),
+        pytest.param(RecordSet("www.example.test.", "A", 2**31, (Answer("192.0.2.1"),)),
+                     "r2136: www.example.test. A (every client): ttl 2147483648 is not a whole number of seconds "
+                     "0-2147483647 (RFC 2181)", id="ttl-too-big"),
+        pytest.param(RecordSet("www.example.test.", "A", -1, (Answer("192.0.2.1"),), "eu"),
+                     "r2136: www.example.test. A (group eu): ttl -1 is not a whole number of seconds 0-2147483647 "
+                     "(RFC 2181)", id="ttl-negative"),
+        pytest.param(RecordSet("www.example.test.", "A", 30.5, (Answer("192.0.2.1"),)),  # type: ignore[arg-type]
+                     "r2136: www.example.test. A (every client): ttl 30.5 is not a whole number of seconds "
+                     "0-2147483647 (RFC 2181)", id="ttl-fraction"),
     ],
 )
 async def test_record_sets_it_cannot_hold_are_refused_before_any_message(record_set, message) -> None:
@@ -277,13 +305,43 @@ async def test_record_sets_it_cannot_hold_are_refused_before_any_message(record_
     p = Rfc2136Provider(("127.0.0.1", free_port()), "example.test", "main", make_secret("main"), name="r2136",
                         views={"eu": ("eu", make_secret("eu"))}, timeout_s=0.5)
     calls = [lambda: p.apply([Change(None, record_set)]), lambda: p.verify([record_set])]
-    if "address" not in message:  # a key has no answers: current() can only check its name and group
+    if "address" not in message and "ttl" not in message:  # a key has neither: current() checks its name and group
         calls.append(lambda: p.current([record_set.key]))
     for call in calls:
         with pytest.raises(ProviderError) as caught:
             await call()
         assert str(caught.value) == message
         assert caught.value.retryable is False
+
+
+async def test_an_oversized_ttl_fails_the_exporter_once_instead_of_being_retried() -> None:
+    # dnspython would raise BadTTL while building the message: an unexpected error, retried for ever
+    p = Rfc2136Provider(("127.0.0.1", 9), "example.test", "main", make_secret("main"), name="r2136")
+    sent: list[object] = []
+
+    async def empty_zone(keys):  # a reachable server with an empty zone
+        return {key: None for key in keys}
+
+    async def update(view, changes):
+        sent.append(changes)
+
+    p._read_all, p._update = empty_zone, update  # type: ignore[method-assign]
+    runner = ExporterRunner(p, RunnerSettings(min_interval_s=0, recheck_s=0, retry_base_s=0.01, retry_max_s=0.01))
+    runner.desire([RecordSet("www.example.test.", "A", 2**31, (Answer("192.0.2.1"),))])
+    task = asyncio.create_task(runner.run())
+    try:
+        for _ in range(100):  # bounded: 1 s at most
+            if runner.status()["failures_total"]:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # time for retries, were it retried
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, 2)
+    status = runner.status()
+    assert status["state"] == "failed" and status["failures_total"] == 1, status
+    assert "www.example.test. A (every client): ttl 2147483648" in status["last_error"]
+    assert sent == []
 
 
 async def test_a_server_that_is_down_is_a_retryable_error(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from latency_router.exporters.dns.route53 import (
     desired_records,
     diff_records,
     parse_group,
+    record_set_problems,
     split_batches,
 )
 from latency_router.secrets import Secret
@@ -138,6 +139,25 @@ def bad_answer(value: str, weight: Any, set_id: str = "") -> Answer:
     for field, v in (("value", value), ("weight", weight), ("set_id", set_id)):
         object.__setattr__(answer, field, v)
     return answer
+
+
+def with_networks(record_set: RecordSet, networks: tuple[str, ...]) -> RecordSet:
+    """The record set with networks the model's own check would refuse, as a buggy caller's could be."""
+    object.__setattr__(record_set, "networks", networks)
+    return record_set
+
+
+def long_name(zone: str, length: int) -> str:
+    """A valid name in the zone of `length` characters with its trailing dot (labels of at most 63)."""
+    filler = length - len(zone) - 1
+    labels = []
+    while filler > 0:
+        take = min(63, filler - 1 if filler in (64, 65) else filler)  # never leave a label of 0 after a dot
+        labels.append("a" * take)
+        filler -= take + 1
+    name = ".".join(labels) + "." + zone
+    assert len(name) == length, (len(name), length)
+    return name
 
 
 def all_text(exc: BaseException) -> str:
@@ -368,6 +388,15 @@ BAD_SETS = [
                  "networks[0]: 192.0.2.7/32 has prefix /32", id="network-too-long"),
     pytest.param(lambda z: RecordSet(f"a.{z}", "A", 60, (Answer("192.0.2.1"),), "a group", ("192.0.2.0/24",)),
                  "scope: 'a group' cannot name a CIDR location", id="bad-location-name"),
+    pytest.param(lambda z: RecordSet(f"a.{z}", "AAAA", 60, (bad_answer("fe80::1%eth0", 1, "x"),)),
+                 "answers[0].value: 'fe80::1%eth0' has a zone id", id="answer-zone-id"),
+    pytest.param(lambda z: with_networks(RecordSet(f"a.{z}", "A", 60, (Answer("192.0.2.1"),), "eu", ("10.0.0.0/8",)),
+                                         ("10.0.0.0/8", "fe80::%x/64")),
+                 "networks[1]: 'fe80::%x/64' has a zone id", id="network-zone-id"),
+    # a valid 245-character name: its group's helper name _lr-g-<16 characters>.<name> has 267 characters
+    pytest.param(lambda z: RecordSet(long_name(z, 245), "A", 60, (Answer("192.0.2.1"),), "europe-west-dub1",
+                                     ("10.0.0.0/8",)),
+                 "it needs the helper name _lr-g-europe-west-dub1.<name> of 267 characters", id="helper-name-too-long"),
 ]
 
 
@@ -385,6 +414,19 @@ async def test_invalid_input_is_refused_before_any_call(moto_url: str, make, nam
     with pytest.raises(ProviderError):
         p.representable(bad)  # the plan's view refuses it too
     assert raw_records(moto_url, zone_id, bad.name) == []
+
+
+@pytest.mark.parametrize("group", ["g", "europe-west-dub1"])
+def test_helper_names_are_held_to_253_characters(group: str) -> None:
+    zone = "example.com."
+    longest = long_name(zone, 254 - len(f"_lr-g-{group}."))  # the helper: exactly 253 characters and the dot
+    fits = RecordSet(longest, "A", 60, (Answer("192.0.2.1"),), group, ("10.0.0.0/8",))
+    assert record_set_problems(fits, "rs") == []
+    over = RecordSet(long_name(zone, len(longest) + 1), "A", 60, (Answer("192.0.2.1"),), group, ("10.0.0.0/8",))
+    (problem,) = record_set_problems(over, "rs")
+    assert problem.startswith(f"rs.name: with group '{group}' it needs the helper name _lr-g-{group}.<name> of 254 ")
+    everyone = RecordSet(over.name, "A", 60, (Answer("192.0.2.1"),))  # weighted only: no helper name
+    assert record_set_problems(everyone, "rs") == []
 
 
 async def test_two_changes_of_one_record_set_are_refused_before_any_call(moto_url: str) -> None:

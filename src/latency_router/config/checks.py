@@ -96,9 +96,17 @@ def cross_reference_problems(data: Mapping[str, Any]) -> list[Problem]:
 
 def _dns_problems(data: Mapping[str, Any], dns: Mapping[str, Any]) -> list[Problem]:
     """DNS records that name an unknown provider or service, lie outside the provider's zone, repeat a name at one
-    provider, or whose service hands out host names (from a path or its fallback: an A/AAAA record holds addresses)."""
+    provider, or whose service hands out host names (from a path or its fallback: an A/AAAA record holds addresses);
+    RFC 2136 view keys of unknown groups, and per-group records at an RFC 2136 provider without a view key for a group
+    with CIDRs (its answers could never be written)."""
     problems: list[Problem] = []
     providers = _names(("dns", "providers"), _items(dns, "providers"), "provider", problems)
+    provider_at: dict[str, int] = {}  # provider name -> its index (the first table of that name)
+    for j, table in _items(dns, "providers"):
+        name = _text(table, "name")
+        if name is not None and providers.get(name) is table:
+            provider_at[name] = j
+    problems.extend(_view_problems(data, dns))
     services = {_text(s, "name"): s for _, s in _items(data, "services")}
     answers_of_region = {
         _text(r, "name"): [_text(p, "answer") for _, p in _items(r, "paths")] for _, r in _items(data, "regions")
@@ -125,7 +133,52 @@ def _dns_problems(data: Mapping[str, Any], dns: Mapping[str, Any]) -> list[Probl
         if service in services:
             problems.extend(_host_name_answers(("dns", "records", i, "service"), service, services[service],
                                                answers_of_region))
+        if provider in provider_at and record.get("mode") == "per-group":
+            problems.extend(_missing_views(("dns", "records", i, "mode"), data, provider, provider_at[provider],
+                                           providers[provider]))
     return problems
+
+
+def _group_names(data: Mapping[str, Any]) -> set[str]:
+    """The config's group names and the default group's."""
+    names = {name for _, g in _items(data, "groups") if (name := _text(g, "name"))}
+    default_group = data.get("default_group", "default")
+    if isinstance(default_group, str):
+        names.add(default_group)
+    return names
+
+
+def _view_problems(data: Mapping[str, Any], dns: Mapping[str, Any]) -> list[Problem]:
+    """An RFC 2136 provider's view key for a group the config does not have."""
+    groups = _group_names(data)
+    problems: list[Problem] = []
+    for j, table in _items(dns, "providers"):
+        views = table.get("views")
+        if table.get("kind") != "rfc2136" or not isinstance(views, Mapping):
+            continue
+        for group in views:
+            if is_name(group) and group not in groups:  # an invalid name is reported by the field itself
+                problems.append((("dns", "providers", j, "views", group),
+                                 f"unknown group {show(group)} (a view key is for one of the config's groups)"))
+    return problems
+
+
+def _missing_views(loc: Loc, data: Mapping[str, Any], provider: str, index: int, table: Mapping) -> list[Problem]:
+    """The groups with CIDRs that a per-group record at an RFC 2136 provider has no view key for."""
+    if table.get("kind") != "rfc2136":
+        return []
+    views = table.get("views", {})
+    if not isinstance(views, Mapping):
+        return []  # reported by the field itself
+    missing = [name for _, g in _items(data, "groups")
+               if (name := _text(g, "name")) and isinstance(g.get("cidrs"), (list, tuple)) and g["cidrs"]
+               and name not in views]
+    if not missing:
+        return []
+    listed = ", ".join(show(name) for name in dict.fromkeys(missing))
+    return [(loc, f"per-group answers at rfc2136 provider {show(provider)} need a view key for every group with CIDRs; "
+                  f"none for {listed} (add {'it' if len(missing) == 1 else 'them'} to "
+                  f"{key_path(('dns', 'providers', index, 'views'))})")]
 
 
 def _fqdn(name: str) -> str:

@@ -91,29 +91,43 @@ def fqdn(value: Any) -> str:
 
 
 def answer(value: Any) -> str:
-    """An IPv4/IPv6 address (kept in its canonical form) or a host name."""
+    """An IPv4/IPv6 address (kept in its canonical form, without a zone id) or a host name (letters, digits, '-', '.')."""
     text = _need_str(value, "an address or host name (string)")
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text)
     except ValueError:
-        pass
+        address = None
+    if address is not None:
+        # ipaddress keeps any text after '%' (spaces, quotes) as the zone id: it would reach DNS servers verbatim
+        _no_zone_id(text, "an answer is an address without one")
+        return str(address)
     if not is_host_name(text):
         raise ValueError(f"{show(text)} is not an IP address or a host name")
     return text
 
 
 def cidr(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """A network in CIDR notation with no host bits set."""
+    """A network in CIDR notation with no host bits set and no zone id."""
     text = _need_str(value, "a CIDR string such as '192.0.2.0/24'")
     try:
-        return ipaddress.ip_network(text, strict=True)
+        network = ipaddress.ip_network(text, strict=True)
     except ValueError:
-        pass
+        network = None
+    if network is not None:
+        _no_zone_id(text, "a network is written without one")
+        return network
     try:
         loose = ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise ValueError(f"invalid CIDR {show(text)}") from None
+    _no_zone_id(text, "a network is written without one")
     raise ValueError(f"{show(text)} has host bits set (did you mean '{loose}'?)")
+
+
+def _no_zone_id(text: str, why: str) -> None:
+    """Refuse an address or network that ipaddress parsed with a zone id ('%' can be nothing else in one)."""
+    if "%" in text:
+        raise ValueError(f"{show(text)} has a zone id (the part after '%'): {why}")
 
 
 def country(value: Any) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Iterable, Literal, Mapping, Sequence
 
 from latency_router.decider.decision import Decision, share_weights
 from latency_router.decider.engine import config_groups, service_weights
-from latency_router.exporters.dns.model import Answer, RecordSet, RType
+from latency_router.exporters.dns.model import Answer, RecordSet, RType, canonical_address
 
 if TYPE_CHECKING:
     from latency_router.config.models import Config
@@ -96,13 +96,18 @@ def desired_record_sets(
 
 
 def _address(service: str, answer: str) -> str:
-    """The answer as an address in its canonical text; ValueError naming service and answer for a host name."""
+    """The answer as an address in its canonical text; ValueError naming service and answer for a host name or an
+    address with a zone id."""
     try:
-        return str(ipaddress.ip_address(answer))
+        address = ipaddress.ip_address(answer)
     except ValueError:
         raise ValueError(
             f"service {service}: answer {answer!r} is not an IP address; an A or AAAA record cannot hold a host name"
         ) from None
+    try:
+        return canonical_address(str(address))
+    except ValueError as exc:
+        raise ValueError(f"service {service}: {exc}") from None
 
 
 def _rtype(value: str) -> RType:

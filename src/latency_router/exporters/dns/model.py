@@ -7,7 +7,8 @@ One shape for every provider (octoDNS-like). A record set is keyed by (name, typ
   group's clients get (per-group answers: ECS-aware on PowerDNS, a per-view key on RFC 2136, a CIDR or geolocation
   record set on Route 53). A scoped record set carries the group's networks.
 Each answer has a weight on 0-255 (the decider's scale) and a stable set id (Route 53's SetIdentifier; other
-providers may ignore it). Weights of 0 are legal (Route 53: never answered unless all are 0).
+providers may ignore it). Weights of 0 are legal (Route 53: never answered unless all are 0). An answer's value is
+kept in its canonical text; an address or network with a zone id ('%...') is refused, since no record can hold one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,20 @@ Key = tuple[str, str, str | None]  # (name, rtype, scope)
 WEIGHT_MAX = 255
 
 
+def canonical_address(value: object) -> str:
+    """An IPv4 or IPv6 address in its canonical text; ValueError naming the value for anything else, a zone id
+    ('fe80::1%eth0': ipaddress keeps any text after the '%') included."""
+    if not isinstance(value, str):
+        raise ValueError(f"answer {value!r}: expected an IP address as a string")
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"answer {value!r} is not an IP address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        raise ValueError(f"answer {value!r} has a zone id (the part after '%'): a DNS answer is an address without one")
+    return str(address)
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class Answer:
     """One address handed out, with its weight (0-255) and the stable id that names it at the provider."""
@@ -30,7 +45,7 @@ class Answer:
     set_id: str = ""
 
     def __post_init__(self) -> None:
-        ipaddress.ip_address(self.value)  # ValueError names the bad address
+        object.__setattr__(self, "value", canonical_address(self.value))
         if not 0 <= self.weight <= WEIGHT_MAX:
             raise ValueError(f"weight {self.weight} of {self.value} is outside 0-{WEIGHT_MAX}")
 
@@ -45,6 +60,13 @@ class RecordSet:
     answers: tuple[Answer, ...]
     scope: str | None = None  # None: every client; else a group name
     networks: tuple[str, ...] = ()  # a scoped set's client networks (CIDRs), for providers that select by them
+
+    def __post_init__(self) -> None:
+        # a zone id is free text ('fe80::%x/64' parses) that would reach a server's config or a LUA program; the rest of
+        # a network's checks are the providers' (each names what it cannot hold)
+        for network in self.networks if isinstance(self.networks, (tuple, list)) else ():
+            if isinstance(network, str) and "%" in network:
+                raise ValueError(f"network {network!r} of {self.name} {self.rtype}: a CIDR is written without a zone id")
 
     @property
     def key(self) -> Key:

@@ -1,8 +1,13 @@
 """The one plan: what to write to bring a provider from its current record sets to the desired ones, safely.
 
-- Churn: an update that keeps the answers (values and set ids), TTL and networks, and moves every weight by less than
-  `min_weight_change` points (0-255), is not written; it is listed in `Plan.skipped` with its figures. Drift adds up:
-  the comparison is always with what the provider holds, so small moves are written once they reach the threshold.
+- Churn: an update that keeps the TTL, the networks, at least one answer and the set id of every answer on both
+  sides, and moves every weight by less than `min_weight_change` points (0-255), is not written; it is listed in
+  `Plan.skipped` with its figures. An answer on one side only counts as weight 0 on the other (the desired sets leave weight-0 answers out),
+  so an answer that comes or goes is written once its weight reaches the threshold; a provider that holds no weights
+  (plain DNS) gives its answers the full weight, 255, so that for it every answer that comes or goes is written. A
+  change from no answer, to or from all weights 0 (all served alike), or within all weights 0, is always written.
+  Drift adds up: the comparison is always with what the provider holds, so small moves are written once they reach
+  the threshold.
 - No empty answer, per (name, type, scope): a create or update whose record set has no answer is refused, and so is
   the delete of a set that has answers unless its clients still get an answer of that type: a group's set may go
   while the set for everyone (scope None) of the same name and type keeps answers; the set for everyone may not go
@@ -77,9 +82,16 @@ def weight_shift(old: RecordSet, new: RecordSet) -> float:
     return 0.5 * sum(abs(a.get(v, 0.0) - b.get(v, 0.0)) for v in a.keys() | b.keys())
 
 
-def _shape(record_set: RecordSet) -> tuple[int, tuple[str, ...], frozenset[tuple[str, str]]]:
-    """What a churn skip must keep: TTL, networks, and the answers by value and set id."""
-    return (record_set.ttl, tuple(sorted(record_set.networks)), frozenset((a.value, a.set_id) for a in record_set.answers))
+def _same_shape(old: RecordSet, new: RecordSet) -> bool:
+    """What a churn skip must keep: TTL, networks, some answer, and the set ids of the answers on both sides (an
+    answer on one side only is a weight move from or to 0)."""
+    if (old.ttl, sorted(old.networks)) != (new.ttl, sorted(new.networks)):
+        return False
+    both = {a.value for a in old.answers} & {a.value for a in new.answers}
+    if not both:
+        return False  # every answer replaced (say a set someone else wrote, on another weight scale): no small move
+    ids_old = {(a.value, a.set_id) for a in old.answers if a.value in both}
+    return ids_old == {(a.value, a.set_id) for a in new.answers if a.value in both}
 
 
 def _weights_text(old: RecordSet | None, new: RecordSet | None) -> str:
@@ -125,15 +137,17 @@ def make_plan(
                 now = "it does not exist" if old is None else f"it serves {_weights_text(old, None)}"
                 refused.append(f"{label}: refused: it would have no answer ({now})")
                 continue
-        elif old is None:
-            pass
-        elif _shape(old) == _shape(new):
+        elif old is None or not old.answers:
+            pass  # answers where there were none: always written
+        elif _same_shape(old, new):
             before, after = weight_map(old), weight_map(new)
             if before == after:
                 continue
-            moved = max(abs(before[v] - after[v]) for v in before)
-            same_zeroness = (sum(before.values()) == 0) == (sum(after.values()) == 0)
-            if moved < settings.min_weight_change and same_zeroness:
+            moved = max(abs(before.get(v, 0) - after.get(v, 0)) for v in before.keys() | after.keys())
+            # all weights 0 serves every answer alike: a move to or from that state, or an answer coming or going
+            # within it, is no small move
+            weighted = sum(before.values()) > 0 and sum(after.values()) > 0
+            if moved < settings.min_weight_change and weighted:
                 skipped.append(
                     f"{label}: weights moved at most {moved} < {settings.min_weight_change}: {_weights_text(old, new)}"
                 )

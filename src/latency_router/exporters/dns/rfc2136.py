@@ -2,8 +2,10 @@
 
 Plain DNS has no weights. A weighted record set is written as the RRset of its top answers: weight > 0 only, the
 highest first, ties broken by address, at most `max_answers`; when every weight is 0 all answers are served (as on
-Route 53). Reading back gives those answers with equal weights (1), no set ids and no networks, so the shared plan
-compares a desired set through `Rfc2136Provider.representable()`, which turns it into exactly what this provider holds.
+Route 53). Reading back gives those answers with equal, full weights (255: an answer served or not is a whole move for
+the plan's churn threshold), no set ids and no networks, so the shared plan compares a desired set through
+`Rfc2136Provider.representable()`, which turns it into exactly what this provider holds. A TTL outside 0-2147483647
+(RFC 2181) is refused before anything is sent.
 
 Per-group answers go through views: BIND picks a view by the TSIG key that signs a message (`match-clients { key K; }`),
 so a scoped set is read and written with its group's view key and the scope-None set with the main key (the default
@@ -33,7 +35,7 @@ import dns.tsig
 import dns.update
 
 from latency_router.exporters.dns.errors import ProviderError
-from latency_router.exporters.dns.model import Answer, Change, Key, RecordSet
+from latency_router.exporters.dns.model import WEIGHT_MAX, Answer, Change, Key, RecordSet
 from latency_router.secrets import Secret
 
 ALGORITHMS = {
@@ -45,6 +47,7 @@ ALGORITHMS = {
     "hmac-sha512": dns.tsig.HMAC_SHA512,
 }
 READ_CONCURRENCY = 16  # queries in flight at once in current() and verify()
+TTL_MAX = 2_147_483_647  # RFC 2181 section 8
 _FAMILY = {"A": 4, "AAAA": 6}
 
 # rcode -> (what it means here, retryable)
@@ -133,6 +136,10 @@ class Rfc2136Provider:
         """The record set as this provider holds and reads it back: the top answers by weight, with equal weights."""
         self._view(record_set.scope)
         self._check_name(record_set.name)
+        ttl = record_set.ttl
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= TTL_MAX:
+            raise ProviderError(self.name, f"{_label(record_set.key)}: ttl {ttl!r} is not a whole number of seconds "
+                                f"0-{TTL_MAX} (RFC 2181)", retryable=False)
         merged: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, int] = {}
         for answer in record_set.answers:
             address = ipaddress.ip_address(answer.value)
@@ -144,7 +151,7 @@ class Rfc2136Provider:
         chosen.sort(key=lambda a: (-merged[a], a))
         if self.max_answers is not None:
             chosen = chosen[: self.max_answers]
-        answers = tuple(Answer(str(a)) for a in sorted(chosen))
+        answers = tuple(Answer(str(a), WEIGHT_MAX) for a in sorted(chosen))
         return RecordSet(record_set.name, record_set.rtype, record_set.ttl, answers, record_set.scope)
 
     # Provider
@@ -266,7 +273,7 @@ class Rfc2136Provider:
                                    dns.rdatatype.from_text(rtype))
         if rrset is None:
             return None
-        answers = tuple(Answer(str(ipaddress.ip_address(r.address))) for r in rrset)
+        answers = tuple(Answer(str(ipaddress.ip_address(r.address)), WEIGHT_MAX) for r in rrset)
         return RecordSet(name, rtype, rrset.ttl, tuple(sorted(answers, key=_address)), scope)
 
     async def _update(self, view: _ViewKey, changes: Sequence[Change]) -> None:

@@ -547,7 +547,9 @@ def record_set_problems(record_set: RecordSet, where: str) -> list[str]:
         except ValueError:
             out.append(f"{field}.value: {answer.value!r} is not an IP address")
         else:
-            if family is not None and address.version != family:
+            if "%" in answer.value:  # ipaddress keeps a zone id; Route 53 has no use for one
+                out.append(f"{field}.value: {answer.value!r} has a zone id (the part after '%')")
+            elif family is not None and address.version != family:
                 out.append(f"{field}.value: {answer.value} is not an {rs.rtype} address")
         if not _whole(answer.weight) or not 0 <= answer.weight <= WEIGHT_MAX:
             out.append(f"{field}.weight: {answer.weight!r} is not a whole number 0-{WEIGHT_MAX}")
@@ -562,7 +564,22 @@ def record_set_problems(record_set: RecordSet, where: str) -> list[str]:
             ids[set_id] = i
     if rs.scope is not None and rs.answers:
         out += networks_problems(rs.networks, f"{where}.networks")
+        out += helper_problems(rs, where)
     return out
+
+
+def helper_problems(record_set: RecordSet, where: str) -> list[str]:
+    """The helper names a per-group set needs (`_lr-g-<group>.<name>`, and `_lr-all.<name>` for the set for everyone)
+    must be valid names too: AWS rejects a long one only after the CIDR locations were written (moto takes it)."""
+    name, _, scope = record_set.key
+    if not isinstance(name, str) or not isinstance(scope, str) or name_problems(name, "name"):
+        return []  # the key's own problems are reported already
+    for helper in (helper_name(name, scope), helper_name(name, None)):  # the first is never the shorter
+        if name_problems(helper, "helper"):
+            shown = helper[: len(helper) - len(name)] + "<name>"
+            return [f"{where}.name: with group {scope!r} it needs the helper name {shown} of {len(helper) - 1} "
+                    "characters, over Route 53's 253 (use a shorter name or group name)"]
+    return []
 
 
 def networks_problems(networks: object, field: str) -> list[str]:
@@ -577,6 +594,9 @@ def networks_problems(networks: object, field: str) -> list[str]:
             network = ipaddress.ip_network(text, strict=False)
         except (ValueError, TypeError):
             out.append(f"{field}[{j}]: {text!r} is not a CIDR")
+            continue
+        if "%" in text:
+            out.append(f"{field}[{j}]: {text!r} has a zone id (the part after '%')")
             continue
         longest = _PREFIX_MAX[network.version]
         if not 1 <= network.prefixlen <= longest:
