@@ -203,6 +203,13 @@ def test_the_ttl_is_the_services_unless_the_record_gives_one():
     assert {rs.ttl for rs in desired_record_sets(decisions, config, [DnsRecord(NAME, "api", ttl=0)])} == {0}
 
 
+def test_a_fractional_service_ttl_rounds_up_as_the_decisions_ttl_does():
+    config = config_with('policy = "latency"\nttl = "500ms"')
+    decisions = decide(config)
+    assert {d.ttl for d in decisions.values()} == {1}
+    assert {rs.ttl for rs in desired_record_sets(decisions, config, [DnsRecord(NAME, "api")])} == {1}  # not 0
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -14,6 +14,7 @@ refuses unless forced. A host-name answer cannot go into an A or AAAA record: Va
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Literal, Mapping, Sequence
 
@@ -65,7 +66,7 @@ def desired_record_sets(
     """The record sets the given records should hold for these decisions, in a stable order."""
     groups = config_groups(config)
     sizes = {g.name: g.size for g in groups}
-    ttls = {s.name: int(round(s.ttl_s)) for s in config.services}
+    ttls = {s.name: math.ceil(s.ttl_s) for s in config.services}  # as the decision's ttl: 0.5 s is 1, never 0
     out: list[RecordSet] = []
     names: set[str] = set()
     for record in records:
