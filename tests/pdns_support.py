@@ -10,7 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import dns.exception
 import dns.message
@@ -58,9 +58,10 @@ def free_ports() -> tuple[int, int]:
 class PowerDNS:
     """One pdns_server in `workdir` (its config, database, control socket and log), stopped by stop()."""
 
-    def __init__(self, workdir: Path, api_key: str) -> None:
+    def __init__(self, workdir: Path, api_key: str, settings: Mapping[str, str] | None = None) -> None:
         self.workdir = workdir
         self.api_key = api_key
+        self.settings = dict(settings or {})  # pdns.conf lines over the defaults: {"edns-subnet-processing": "no"}
         self.dns_port, self.api_port = 0, 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -79,29 +80,28 @@ class PowerDNS:
             db.executescript(schema.read_text())
         for attempt in range(3):  # a port taken between choosing and binding: choose again
             self.dns_port, self.api_port = free_ports()
-            (self.workdir / "pdns.conf").write_text(
-                "\n".join([
-                    "launch=gsqlite3",
-                    f"gsqlite3-database={database}",
-                    "local-address=127.0.0.1",
-                    f"local-port={self.dns_port}",
-                    "api=yes",
-                    f"api-key={self.api_key}",
-                    "webserver=yes",
-                    "webserver-address=127.0.0.1",
-                    f"webserver-port={self.api_port}",
-                    "webserver-allow-from=127.0.0.0/8",
-                    "enable-lua-records=yes",
-                    "edns-subnet-processing=yes",
-                    f"socket-dir={self.workdir}",
-                    "daemon=no",
-                    "guardian=no",
-                    "disable-syslog=yes",
-                    "security-poll-suffix=",  # no query to the outside world for security status
-                    "loglevel=4",
-                    "",
-                ])
-            )
+            conf = {
+                "launch": "gsqlite3",
+                "gsqlite3-database": str(database),
+                "local-address": "127.0.0.1",
+                "local-port": str(self.dns_port),
+                "api": "yes",
+                "api-key": self.api_key,
+                "webserver": "yes",
+                "webserver-address": "127.0.0.1",
+                "webserver-port": str(self.api_port),
+                "webserver-allow-from": "127.0.0.0/8",
+                "enable-lua-records": "yes",
+                "edns-subnet-processing": "yes",
+                "socket-dir": str(self.workdir),
+                "daemon": "no",
+                "guardian": "no",
+                "disable-syslog": "yes",
+                "security-poll-suffix": "",  # no query to the outside world for security status
+                "loglevel": "4",
+                **self.settings,
+            }
+            (self.workdir / "pdns.conf").write_text("".join(f"{k}={v}\n" for k, v in conf.items()))
             log = (self.workdir / "pdns.log").open("ab")
             self.proc = subprocess.Popen(
                 [binary, f"--config-dir={self.workdir}"], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import re
@@ -12,23 +13,28 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from itertools import count
 from pathlib import Path
+from typing import TypeVar
 
 import dns.asyncquery
 import dns.edns
 import dns.exception
 import dns.message
 import dns.rcode
+import dns.rrset
 import pytest
 
 from latency_router.exporters.dns.errors import ProviderError
+from latency_router.exporters.dns import powerdns
 from latency_router.exporters.dns.model import Answer, Change, RecordSet
-from latency_router.exporters.dns.powerdns import PowerDNSProvider, lua_program
+from latency_router.exporters.dns.plan import PlanSettings, key_label, make_plan
+from latency_router.exporters.dns.powerdns import FOREIGN_SET_ID, VERIFY_CONCURRENCY, PowerDNSProvider, lua_program
 from latency_router.secrets import Secret
 from pdns_support import PowerDNS, free_ports
 
 API_KEY = "pdns-test-key-7f3a9c1e5b"
 WRONG_KEY = "wrong-key-d41d8cd98f00b204"
 _zones = count(1)
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +290,7 @@ async def test_list_keys_gives_the_address_sets_at_the_names(pdns: PowerDNS, zon
         assert caught.value.retryable is False
 
 
-async def test_verify_catches_a_broken_lua_record(pdns: PowerDNS, zone: str, provider: PowerDNSProvider) -> None:
+async def test_a_broken_lua_record_reads_as_foreign(pdns: PowerDNS, zone: str, provider: PowerDNSProvider) -> None:
     name = f"b.{zone}"
     good = [
         weighted(name, ("192.0.2.1", 1), ("192.0.2.2", 3)),
@@ -293,16 +299,18 @@ async def test_verify_catches_a_broken_lua_record(pdns: PowerDNS, zone: str, pro
     await create(provider, *good)
     assert await provider.verify(good) == []
 
-    # the API takes a program that cannot run; the name then fails over DNS
+    # the API takes a program that cannot run; the name then fails over DNS, and verify reads the change through the API
     pdns.patch(zone, [{"name": name, "type": "LUA", "ttl": 30, "changetype": "REPLACE",
                        "records": [{"content": "A \"pickwrandom({{\"", "disabled": False}]}])
+    counts, _, _ = await ask_many(pdns.dns_server, name, "A", 5, limit_s=10.0)
+    assert set(counts) == {"SERVFAIL"}, counts
     lines = await provider.verify(good)
-    assert len(lines) == 2 and all("SERVFAIL" in line for line in lines), lines
-    assert lines[0].startswith(f"{name} A") and f"{name} A [eu]" in lines[1]
+    assert lines == [f"{name} A: the zone holds a LUA A record latency-router did not write (or one changed by hand)",
+                     f"{name} A [eu]: the zone holds no such set"]
 
     held = await provider.current([rs.key for rs in good])
-    # unreadable: it reads as an empty set, which the plan replaces
-    assert held == {(name, "A", None): RecordSet(name, "A", 30, ())}
+    # it quotes no address: one placeholder answer, marked foreign, so that it counts as serving something
+    assert held == {(name, "A", None): RecordSet(name, "A", 30, (Answer("0.0.0.0", 1, FOREIGN_SET_ID),))}
     await provider.apply([Change(held[good[0].key], good[0]), Change(None, good[1])])
     assert await provider.verify(good) == []
 
@@ -314,15 +322,18 @@ async def test_verify_reports_wrong_answers(pdns: PowerDNS, zone: str, provider:
     await create(provider, rs)
     # desired has a group the server does not know, and an answer it never serves
     lines = await provider.verify([weighted(name, ("192.0.2.1", 1), ("192.0.2.9", 1)), eu])
-    assert len(lines) == 2, lines
-    assert "192.0.2.2" in lines[0] and "want one of 192.0.2.1 (w1), 192.0.2.9 (w1)" in lines[0]
-    assert "[eu] (client 10.1.0.0): got 192.0.2." in lines[1]
+    assert lines == [
+        f"{name} A: the zone holds 192.0.2.1 (w1), 192.0.2.2 (w1); want 192.0.2.1 (w1), 192.0.2.9 (w1)",
+        f"{name} A [eu]: the zone holds no such set",
+    ]
+    assert await provider.verify([weighted(name, ("192.0.2.1", 1), ("192.0.2.2", 1), ttl=60)]) == [
+        f"{name} A: the zone holds TTL 30; want 60"]
+    await create(provider, eu)
+    assert await provider.verify([rs, scoped(name, "eu", ("10.2.0.0/16",), ("198.51.100.1", 1))]) == [
+        f"{name} A [eu]: the zone holds networks 10.1.0.0/16; want 10.2.0.0/16"]
     pdns.patch(zone, [{"name": name, "type": "LUA", "ttl": 30, "changetype": "REPLACE",
                        "records": [{"content": "TXT \"'no address here'\"", "disabled": False}]}])
-    lines = await provider.verify([rs])
-    assert lines == [f"{name} A: got no address (NODATA); want one of 192.0.2.1 (w1), 192.0.2.2 (w1) per query"]
-    pdns.patch(zone, [{"name": name, "type": "LUA", "changetype": "DELETE"}])
-    assert await provider.verify([rs]) == [f"{name} A: NXDOMAIN"]
+    assert await provider.verify([rs]) == [f"{name} A: the zone holds no such set"]
 
 
 async def test_api_key_never_shows(pdns: PowerDNS, zone: str) -> None:
@@ -382,9 +393,12 @@ async def test_no_secret_shows_when_calls_fail_even_at_debug(pdns: PowerDNS, zon
                 assert status in str(caught.value), str(caught.value)
                 show(caught.value)
         assert f"https://127.0.0.1:{closed}/api/v1/servers/localhost" in shown[0] + "".join(shown)
-        lines = await down.verify([weighted(f"x.{zone}", ("192.0.2.1", 1))])
-        assert len(lines) == 1 and f"127.0.0.1:{closed}" in lines[0]
-        shown += lines + [repr(p) for p in (good, wrong, down)] + [str(p) for p in (good, wrong, down)]
+        for p in (wrong, down):  # verify() reads the zone through the API first
+            with pytest.raises(ProviderError) as caught:
+                await p.verify([weighted(f"x.{zone}", ("192.0.2.1", 1))])
+            show(caught.value)
+        assert f"127.0.0.1:{closed}" in str(caught.value)
+        shown += [repr(p) for p in (good, wrong, down)] + [str(p) for p in (good, wrong, down)]
     finally:
         for p in (good, wrong, down):
             await p.aclose()
@@ -453,3 +467,263 @@ def test_constructor_names_the_bad_parameter() -> None:
         PowerDNSProvider("http://127.0.0.1:8081", key, "z.test.", dns_server=("127.0.0.1", 0))
     with pytest.raises(ValueError, match="^timeout_s:"):
         PowerDNSProvider("http://127.0.0.1:8081", key, "z.test.", timeout_s=0)
+
+
+# --- review 5: literals built, not pasted; unreachable sets; foreign LUA records; verify's cost ---
+
+# the reviewer's payloads (/tmp/review5/lua_inject.py): an answer and a group network with an IPv6 zone id that closes
+# the LUA string and goes on as code
+V6_PAYLOAD = "2001:db8::1%z'}}) and nil or pickwrandom({{1,'2001:db8::bad"
+NET6_PAYLOAD = "fe80::%a' and '0.0.0.0'..string.char(47)..'0' or '/64"
+
+
+def unchecked(cls: type[T], **fields: object) -> T:
+    """An Answer or RecordSet built past the model's checks: what a caller that validated nothing could hand over."""
+    made = object.__new__(cls)
+    for field, item in fields.items():
+        object.__setattr__(made, field, item)
+    return made
+
+
+@pytest.mark.parametrize(
+    ("answers", "networks", "rtype", "refused"),
+    [
+        pytest.param((V6_PAYLOAD,), (), "AAAA", "IPv6 zone id", id="zone-id-answer-plain"),
+        pytest.param(("2001:db8::2", V6_PAYLOAD), (), "AAAA", "IPv6 zone id", id="zone-id-answer-weighted"),
+        pytest.param(("2001:db8::2",), ("2001:db8:6::/48", NET6_PAYLOAD), "AAAA", "IPv6 zone id",
+                     id="zone-id-network"),
+        pytest.param(("192.0.2.1'}}) or pickwrandom({{1,'192.0.2.66",), (), "A", "is not an IP address", id="quote"),
+        pytest.param(("192.0.2.1",), ("10.0.0.0/8' or '0.0.0.0/0",), "A", "is not a network", id="quote-network"),
+        pytest.param(("192.0.2.1",), (("10.0.0.0/8",),), "A", "is not a network", id="network-not-text"),
+        pytest.param((b"192.0.2.1",), (), "A", "is not an IP address", id="bytes"),
+    ],
+)
+async def test_lua_literals_are_built_not_pasted(pdns: PowerDNS, zone: str, provider: PowerDNSProvider,
+                                                 answers: tuple[object, ...], networks: tuple[object, ...],
+                                                 rtype: str, refused: str) -> None:
+    name = f"inj.{zone}"
+    before = [weighted(name, ("192.0.2.1", 1), ("192.0.2.2", 1)),
+              weighted(name, ("2001:db8::a", 1), ("2001:db8::b", 1), rtype="AAAA"),
+              scoped(name, "g6", ("2001:db8:6::/48",), ("198.51.100.1", 1))]
+    await create(provider, *before)
+    held, ask = pdns.rrsets(zone), [("A", None), ("AAAA", None), ("A", "2001:db8:6::1"), ("AAAA", "2001:db8:6::1")]
+    answered = [set((await ask_many(pdns.dns_server, name, t, 40, 10.0, client=c))[0]) for t, c in ask]
+
+    scope = "g6" if networks else None
+    bad = unchecked(RecordSet, name=name, rtype=rtype, ttl=30, scope=scope, networks=networks,
+                    answers=tuple(unchecked(Answer, value=v, weight=1, set_id=f"id{i}") for i, v in enumerate(answers)))
+    old = {rs.key: rs for rs in before}.get(bad.key)
+    with pytest.raises(ProviderError, match=re.escape(refused)) as caught:
+        await provider.apply([Change(None, weighted(f"fine.{zone}", ("192.0.2.9", 1))), Change(old, bad)])
+    assert caught.value.retryable is False
+    text = str(caught.value)
+    assert any(repr(v)[:40] in text for v in (*answers, *networks)), text  # it names the value
+    with pytest.raises(ValueError, match=re.escape(refused)):  # the program is never built around such a value
+        lua_program([bad])
+    assert pdns.rrsets(zone) == held  # no write at all
+    assert [set((await ask_many(pdns.dns_server, name, t, 40, 10.0, client=c))[0]) for t, c in ask] == answered
+    assert await provider.verify(before) == []
+
+
+async def test_sets_out_of_every_test_clients_reach_are_logged_not_reported(
+    pdns: PowerDNS, zone: str, provider: PowerDNSProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="latency_router.exporters.dns.powerdns")
+    catch_all, shared = f"all.{zone}", f"shared.{zone}"
+    cases = {
+        catch_all: [weighted(catch_all, ("192.0.2.1", 1)),  # every client is in some group: nobody gets this one
+                    scoped(catch_all, "eu", ("10.0.0.0/8",), ("192.0.2.2", 1)),
+                    scoped(catch_all, "world", ("0.0.0.0/0", "::/0"), ("192.0.2.3", 1))],
+        shared: [weighted(shared, ("192.0.2.1", 1)),
+                 scoped(shared, "a", ("10.0.0.0/8",), ("192.0.2.2", 1)),
+                 scoped(shared, "b", ("10.0.0.0/8",), ("192.0.2.3", 1))],  # a takes 10.0.0.0/8 first (by name)
+    }
+    unreachable = {catch_all: 0, shared: 2}  # which set no test client reaches
+    for name, sets in cases.items():
+        await create(provider, *sets)
+        for _ in range(2):
+            assert await provider.verify(sets) == []
+        label = key_label(sets[unreachable[name]].key)
+        said = [r for r in caplog.records if r.getMessage().startswith(f"dns exporter powerdns: {label}: ")]
+        assert [r.levelno for r in said] == [logging.INFO, logging.DEBUG], [r.getMessage() for r in said]
+        assert "not checked over DNS" in said[0].getMessage()
+        # the reachable sets are still checked over DNS and every set through the API: a wrong one is a difference
+        for i in (1, unreachable[name]):
+            wrong = list(sets)
+            wrong[i] = RecordSet(name, "A", 30, (Answer("192.0.2.9", 1, "w"),), sets[i].scope, sets[i].networks)
+            served = sets[i].answers[0].value
+            assert await provider.verify(wrong) == [
+                f"{key_label(sets[i].key)}: the zone holds {served} (w1); want 192.0.2.9 (w1)"]
+    counts, _, _ = await ask_many(pdns.dns_server, catch_all, "A", 20, 10.0, client="10.1.2.3")
+    assert set(counts) == {"192.0.2.2"}  # what verify asked: eu's client gets eu's set
+
+
+async def test_verify_over_dns_finds_a_server_that_ignores_client_subnets(tmp_path: Path) -> None:
+    (tmp_path / "pdns-no-ecs").mkdir()
+    server = PowerDNS(tmp_path / "pdns-no-ecs", API_KEY, {"edns-subnet-processing": "no"})
+    server.start()
+    zone = "noecs.lr.test."
+    p = PowerDNSProvider(server.api_url, Secret(API_KEY, "env:K"), zone, dns_server=server.dns_server)
+    try:
+        server.create_zone(zone)
+        name = f"g.{zone}"
+        sets = [weighted(name, ("192.0.2.1", 1)),  # out of reach: the catch-all group takes every client
+                scoped(name, "eu", ("10.1.0.0/16",), ("198.51.100.1", 1)),
+                scoped(name, "world", ("0.0.0.0/0", "::/0"), ("198.51.100.3", 1))]
+        await create(p, *sets)
+        # the API holds what was written; over DNS every query is the resolver's own (127.0.0.1, so world)
+        lines = await p.verify(sets)
+    finally:
+        await p.aclose()
+        server.stop()
+    assert lines == [f"{name} A [eu] (client 10.1.0.0): got 198.51.100.3; want one of 198.51.100.1 (w1) "
+                     f"(is edns-subnet-processing=yes set on the server?)"]
+
+
+class FakeDNS(asyncio.DatagramProtocol):
+    """A DNS server on 127.0.0.1 answering every query as `mode` says (servfail, nodata, two, silent), counting them."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode, self.queries = mode, 0
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.queries += 1
+        if self.mode == "silent" or self.transport is None:
+            return
+        query = dns.message.from_wire(data)
+        response = dns.message.make_response(query)
+        if self.mode == "servfail":
+            response.set_rcode(dns.rcode.SERVFAIL)
+        elif self.mode == "two":
+            response.answer.append(dns.rrset.from_text(query.question[0].name, 30, "IN", "A", "192.0.2.1", "192.0.2.2"))
+        self.transport.sendto(response.to_wire(), addr)
+
+
+@contextlib.asynccontextmanager
+async def fake_dns(mode: str) -> AsyncIterator[tuple[FakeDNS, tuple[str, int]]]:
+    transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: FakeDNS(mode), local_addr=("127.0.0.1", 0))
+    try:
+        yield protocol, transport.get_extra_info("sockname")[:2]
+    finally:
+        transport.close()
+
+
+@pytest.mark.parametrize(
+    ("mode", "want"),
+    [
+        pytest.param("servfail", "SERVFAIL (a LUA record that fails? enable-lua-records set?)", id="servfail"),
+        pytest.param("nodata", "got no address (NODATA); want one of", id="nodata"),
+        pytest.param("two", " per query", id="two-addresses")  # an answer of two addresses, in any order,
+    ],
+)
+async def test_verify_reports_what_the_dns_server_answers(pdns: PowerDNS, zone: str, mode: str, want: str) -> None:
+    name = f"d.{zone}"
+    sets = [weighted(name, ("192.0.2.1", 1), ("192.0.2.2", 3)),
+            scoped(name, "eu", ("10.1.0.0/16",), ("198.51.100.1", 1))]
+    async with fake_dns(mode) as (server, address):
+        p = PowerDNSProvider(pdns.api_url, Secret(API_KEY, "env:K"), zone, dns_server=address)
+        try:
+            await create(p, *sets)  # the API is the real one, the DNS answers are the fake's
+            lines = await p.verify(sets)
+        finally:
+            await p.aclose()
+    assert len(lines) == 2 and all(want in line for line in lines), lines
+    assert lines[0].startswith(f"{name} A (client 240.0.0.1): ")
+    assert lines[1].startswith(f"{name} A [eu] (client 10.1.0.0): ")
+    assert server.queries <= 2 + 1, server.queries  # two for the weighted set's client, one for eu's (one answer)
+
+
+async def test_verify_stops_asking_a_dns_server_that_does_not_answer(pdns: PowerDNS, zone: str) -> None:
+    sets = [weighted(f"s{i}.{zone}", ("192.0.2.1", 1), ("192.0.2.2", 1)) for i in range(2 * VERIFY_CONCURRENCY)]
+    async with fake_dns("silent") as (server, address):
+        p = PowerDNSProvider(pdns.api_url, Secret(API_KEY, "env:K"), zone, dns_server=address, timeout_s=0.5)
+        try:
+            await create(p, *sets)
+            lines = await p.verify(sets)
+        finally:
+            await p.aclose()
+    assert len(lines) == len(sets) and all(f"no answer from the DNS server {address[0]}:{address[1]}" in line
+                                           for line in lines), lines[:3]
+    assert 1 <= server.queries <= VERIFY_CONCURRENCY, server.queries  # after the first timeout nothing more is sent
+
+
+def dns_queries(pdns: PowerDNS) -> int:
+    """The queries the server has answered so far (UDP and TCP), from its statistics."""
+    stats = pdns.api("GET", "/api/v1/servers/localhost/statistics")
+    return sum(int(s["value"]) for s in stats if s["name"] in ("udp-queries", "tcp-queries"))
+
+
+async def test_verify_asks_a_few_queries_per_set(pdns: PowerDNS, zone: str, provider: PowerDNSProvider,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"cost.{zone}"
+    rare = (("192.0.2.1", 254), ("192.0.2.2", 1))  # one answer in 255: sampling its share takes thousands of queries
+    sets = [weighted(name, *rare)] + [scoped(name, f"g{i}", (f"10.{i}.0.0/16",), *rare) for i in range(50)]
+    await create(provider, *sets)
+    asked = dns_queries(pdns)
+    start = time.perf_counter()
+    assert await provider.verify(sets) == []
+    elapsed = time.perf_counter() - start
+    asked = dns_queries(pdns) - asked
+    print(f"\npowerdns verify of {len(sets)} sets (rarest weight 1/255): {asked} DNS queries, {1000 * elapsed:.0f} ms")
+    assert len(sets) <= asked <= 2 * len(sets), asked  # every set asked; two queries from each set's test client
+
+    # the weights are checked through the API
+    wrong = sets[:8] + [scoped(name, "g7", ("10.7.0.0/16",), ("192.0.2.1", 1), ("192.0.2.2", 1))] + sets[9:]
+    assert await provider.verify(wrong) == [
+        f"{name} A [g7]: the zone holds 192.0.2.1 (w254), 192.0.2.2 (w1); want 192.0.2.1 (w1), 192.0.2.2 (w1)"]
+
+    monkeypatch.setattr(powerdns, "VERIFY_MAX_QUERIES", 10)
+    asked = dns_queries(pdns)
+    assert await provider.verify(sets) == []
+    assert dns_queries(pdns) - asked == 10
+
+
+async def test_a_foreign_lua_record_counts_as_answers(pdns: PowerDNS, zone: str, provider: PowerDNSProvider) -> None:
+    program = "AAAA \"pickrandom({'2001:db8::1','2001:db8::2'})\""
+    theirs = (Answer("2001:db8::1", 1, FOREIGN_SET_ID), Answer("2001:db8::2", 1, FOREIGN_SET_ID))
+    want_a = weighted(f"x.{zone}", ("192.0.2.1", 255), ("192.0.2.9", 255))
+    for manage_deletes in (True, False):
+        name = f"foreign-{manage_deletes}.{zone}".lower()
+        pdns.patch(zone, [{"name": name, "type": "LUA", "ttl": 30, "changetype": "REPLACE",
+                           "records": [{"content": program, "disabled": False},
+                                       {"content": "TXT \"'theirs too'\"", "disabled": False}]}])
+        key = (name, "AAAA", None)
+        assert await provider.list_keys([name]) == [key]
+        current = dict(await provider.current([key, (name, "A", None)]))
+        assert current == {key: RecordSet(name, "AAAA", 30, theirs)}
+        a = RecordSet(name, "A", 30, want_a.answers)
+        plan = make_plan(provider.name, current, [a], PlanSettings(manage_deletes=manage_deletes))
+        assert [c.key for c in plan.changes] == [a.key]
+        if manage_deletes:  # it serves AAAA answers: deleting it is refused like any other set's
+            assert plan.refused == (f"{name} AAAA: refused: deleting it would leave {name} with no AAAA answer",)
+        await provider.apply(plan.changes)
+        # the write did what the plan said: A created, their AAAA record (and TXT) kept as they were
+        assert await provider.current([key, a.key]) == {key: RecordSet(name, "AAAA", 30, theirs), a.key: a}
+        counts, answered, _ = await ask_many(pdns.dns_server, name, "AAAA", 40, 10.0)
+        assert answered == 40 and set(counts) <= {"2001:db8::1", "2001:db8::2"}, counts
+        lua = [r for r in pdns.rrsets(zone) if r["name"] == name and r["type"] == "LUA"][0]
+        assert program in [r["content"] for r in lua["records"]] and len(lua["records"]) == 3
+        assert await provider.verify([a, RecordSet(name, "AAAA", 30, theirs)]) == []  # theirs is not ours to check
+
+    # a group's set of that type cannot be written beside their record: refused, nothing written
+    held = pdns.rrsets(zone)
+    eu = scoped(name, "eu", ("10.1.0.0/16",), ("2001:db8::e", 1), rtype="AAAA")
+    with pytest.raises(ProviderError, match=rf"{re.escape(name)} AAAA: holds a LUA AAAA record latency-router did not "
+                                            rf"write") as caught:
+        await provider.apply([Change(None, eu)])
+    assert caught.value.retryable is False and pdns.rrsets(zone) == held
+    # the plan may replace it: a change of its key (moving at most half of the share here: within the default limit)
+    mine = weighted(name, ("2001:db8::1", 1), rtype="AAAA")
+    plan = make_plan(provider.name, {key: RecordSet(name, "AAAA", 30, theirs)}, [mine, eu])
+    assert [c.key for c in plan.changes] == [eu.key, key] and not plan.refused
+    await provider.apply(plan.changes)
+    assert await provider.current([key, eu.key]) == {key: mine, eu.key: eu}
+    assert await provider.verify([mine, eu]) == []
+    lua = [r for r in pdns.rrsets(zone) if r["name"] == name and r["type"] == "LUA"][0]
+    assert program not in [r["content"] for r in lua["records"]]
+    assert "TXT \"'theirs too'\"" in [r["content"] for r in lua["records"]]
