@@ -5,6 +5,9 @@ group to another region (admin API) and times, polling DNS every 5 ms, from the 
 answer that is the new one; then unpins and times the way back. Baseline in the same run: a PATCH straight to
 PowerDNS's API, timed the same way to its first DNS answer. Target: at most one probe interval plus 1 s.
 
+Part 1b (outage): the daemon on the lab, where eu-west-1 goes dark (both paths) a few seconds after start; from the
+moment the decision changed (its changed_at) to the first DNS answer that is the new region, once per run.
+
 Part 2 (quiet): the same daemon on a noisy lab (every path's jitter twice the hysteresis margin of 2 ms) for
 --quiet seconds; the exporter's writes after the first are counted (target: none), beside the evaluations made.
 
@@ -121,6 +124,43 @@ def follow(cycles: int, work: Path) -> dict:
         pdns.stop()
 
 
+OUTAGE_AT_S = 6.0
+
+
+def outage(runs: int, work: Path) -> dict:
+    lags = []
+    for i in range(runs):
+        pdns = PowerDNS(work / f"pdns-o{i}", API_KEY)
+        (work / f"pdns-o{i}").mkdir()
+        pdns.start()
+        d = None
+        try:
+            pdns.create_zone(ZONE)
+            events = "\n".join(
+                f'[[lab.events]]\nregion = "eu-west-1"\npath = "{p}"\nkind = "outage"\nstart = "{OUTAGE_AT_S:g}s"\n'
+                f'end = "600s"\n' for p in ("direct", "accelerator"))
+            text = lab_config(free_port(), events=events, token_env="LR_TOKEN") + dns_toml(pdns, ZONE, RECORD)
+            (work / f"d-o{i}").mkdir()
+            d = Daemon(work / f"d-o{i}", text, env={"LR_PDNS_KEY": API_KEY, "LR_TOKEN": TOKEN})
+            d.wait_serving()
+            assert until_served(pdns.dns_server, {EU}, 20.0) is not None, "PowerDNS never served eu-west-1"
+
+            def moved() -> dict | None:
+                status, body = d.request("/v1/decision?service=api&group=eu")
+                return body if status == 200 and body["region"] == "us-east-1" else None
+
+            decision = d.wait_until(moved, OUTAGE_AT_S + 20.0, "the decision to leave eu-west-1", poll_s=0.01)
+            assert until_served(pdns.dns_server, {US}) is not None, "PowerDNS never served us-east-1"
+            lags.append(time.time() - decision["changed_at"])  # an upper bound: when this loop saw it
+        finally:
+            if d is not None:
+                d.stop()
+                d.close()
+            pdns.stop()
+    return {"runs": runs, "decision_to_dns_s": {"p50": round(statistics.median(lags), 4), "max": round(max(lags), 4)},
+            "bound_s": 2.0}
+
+
 def quiet(duration_s: float, work: Path) -> dict:
     pdns = PowerDNS(work / "pdns2", API_KEY)
     (work / "pdns2").mkdir()
@@ -159,18 +199,22 @@ def quiet(duration_s: float, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cycles", type=int, default=10, help="pin/unpin cycles in part 1 (two changes each)")
+    p.add_argument("--outages", type=int, default=3, help="lab outages in part 1b (one daemon each)")
     p.add_argument("--quiet", type=float, default=600.0, help="seconds of the noisy run in part 2 (default 600)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         log(NAME, f"follow: {args.cycles} cycles")
         one = follow(args.cycles, work)
+        log(NAME, f"outage: {args.outages} runs")
+        dark = outage(args.outages, work)
         log(NAME, f"quiet: {args.quiet:g} s on a noisy lab")
         two = quiet(args.quiet, work)
-    out = {"benchmark": NAME, "follow": one, "quiet": two, "loadavg": loadavg(), "python": sys.version.split()[0]}
+    out = {"benchmark": NAME, "follow": one, "outage": dark, "quiet": two, "loadavg": loadavg(), "python": sys.version.split()[0]}
     out["checks"] = {
         "every_change_served": one["served"] == one["changes"],
         "decision_to_dns_within_interval_plus_1s": bool(one["decision_to_dns_s"]) and one["decision_to_dns_s"]["max"] <= 2.0,
+        "outage_to_dns_within_interval_plus_1s": dark["decision_to_dns_s"]["max"] <= dark["bound_s"],
         "no_write_after_the_first": two["writes_after_the_first"] == 0,
     }
     emit(out)
