@@ -13,13 +13,11 @@ import http.server
 import ipaddress
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ import pytest
 
 from bind_support import MAIN_KEY, running_bind
 from daemon_support import Daemon, free_port, lab_config
+from moto_support import moto_server
 from pdns_support import PowerDNS, dns_toml
 
 pytestmark = pytest.mark.root
@@ -330,34 +329,6 @@ max_answers = 2
         finally:
             if daemon is not None:
                 daemon.close()
-
-
-@contextmanager
-def moto_server() -> Iterator[str]:
-    """moto's server mode on a free port of 127.0.0.1 (as tests/test_dns_route53.py starts it), stopped after."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 20.0
-        for _ in range(400):  # bounded: 20 s at most
-            if proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited: {proc.stderr.read().decode(errors='replace')[-500:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not listen within 20 s") from None
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def test_the_daemon_keeps_route53_weighted_sets_in_step_through_an_outage(tmp_path):

@@ -11,10 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
-import subprocess
 import re
-import sys
-import time
 import traceback
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +33,7 @@ from latency_router.exporters.dns.route53 import (
     split_batches,
 )
 from latency_router.secrets import Secret
+from moto_support import moto_server
 
 ACCESS = "AKIATESTKEYDONOTSHOW"
 SECRET = "s3cr3t/Route53+Key+DoNotShow"
@@ -51,31 +49,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
     """moto's server on a free port of 127.0.0.1, up for this module's tests."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.perf_counter() + 20
-        for _ in range(400):  # bounded: 20 s at most
-            if proc.poll() is not None:
-                pytest.fail(f"moto_server exited: {proc.stderr.read().decode(errors='replace')[-500:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.perf_counter() > deadline:
-                    break
-                time.sleep(0.05)
-        else:
-            pytest.fail("moto_server did not listen within 20 s")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)
