@@ -33,7 +33,7 @@ import dns.query  # noqa: E402
 import dns.rdatatype  # noqa: E402
 
 from _common import emit, loadavg, log, ratio  # noqa: E402
-from daemon_support import Daemon, free_port, lab_config  # noqa: E402
+from daemon_support import Daemon, free_port, lab_config, outages  # noqa: E402
 from pdns_support import PowerDNS, dns_toml  # noqa: E402
 
 NAME = "dns_exporter"
@@ -136,9 +136,7 @@ def outage(runs: int, work: Path) -> dict:
         d = None
         try:
             pdns.create_zone(ZONE)
-            events = "\n".join(
-                f'[[lab.events]]\nregion = "eu-west-1"\npath = "{p}"\nkind = "outage"\nstart = "{OUTAGE_AT_S:g}s"\n'
-                f'end = "600s"\n' for p in ("direct", "accelerator"))
+            events = outages([("eu-west-1", "direct"), ("eu-west-1", "accelerator")], OUTAGE_AT_S)
             text = lab_config(free_port(), events=events, token_env="LR_TOKEN") + dns_toml(pdns, ZONE, RECORD)
             (work / f"d-o{i}").mkdir()
             d = Daemon(work / f"d-o{i}", text, env={"LR_PDNS_KEY": API_KEY, "LR_TOKEN": TOKEN})

@@ -39,8 +39,12 @@ def lab_config(port: int, *, extra_top: str = "", events: str | None = None, ser
     return extra_top + text
 
 
-# `latency-router run` with the root logger set up first: the daemon's own logging.basicConfig() then changes nothing,
-# so every logger (the daemon's and its libraries') writes at this level. The daemon has no log-level setting itself.
+def outages(paths, start_s: float, end_s: float = 600.0) -> str:
+    """[[lab.events]] tables for lab_config(events=...): each (region, path) dark from start_s to end_s (lab time)."""
+    return "".join(f'[[lab.events]]\nregion = "{r}"\npath = "{p}"\nkind = "outage"\nstart = "{start_s:g}s"\n'
+                   f'end = "{end_s:g}s"\n\n' for r, p in paths)
+
+
 class Daemon:
     """`latency-router run -c CONFIG` in a subprocess; stdout and stderr go to files in `workdir`. `log_level` (e.g.
     "DEBUG") is passed as `run --log-level`; None keeps the daemon's default (info)."""

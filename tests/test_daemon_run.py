@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from daemon_support import Daemon, free_port, lab_config
+from daemon_support import Daemon, free_port, lab_config, outages
 
 pytestmark = pytest.mark.root  # the lab runs in nfqueue mode as root (CI runs as root); user space otherwise
 
@@ -60,10 +60,7 @@ def test_the_main_command_serves_decisions_that_match_the_labs_truth_within_10_s
 
 def test_a_lab_outage_moves_decisions_within_the_failover_bound(daemons):
     outage_at = 8.0
-    events = "\n".join(
-        f'[[lab.events]]\nregion = "eu-west-1"\npath = "{p}"\nkind = "outage"\nstart = "{outage_at:g}s"\nend = "300s"\n'
-        for p in ("direct", "accelerator")
-    )
+    events = outages([("eu-west-1", "direct"), ("eu-west-1", "accelerator")], outage_at, 300.0)
     d = daemons(lab_config(free_port(), events=events))
     d.wait_serving()
     t0 = float(d.wait_until(lambda: re.search(r"event clock started at ([\d.]+)", d.stdout()), 20.0, "the lab's t0").group(1))
@@ -135,7 +132,7 @@ def test_sighup_refuses_a_bad_config_keeps_serving_and_applies_a_good_one_keepin
 def test_kill_9_then_a_restart_keeps_the_table_and_its_health(daemons, tmp_path):
     store = tmp_path / "state.db"
     dark = ("us-east-1", "direct")  # dark all along: down before the kill, and down again from its first round after
-    events = f'[[lab.events]]\nregion = "{dark[0]}"\npath = "{dark[1]}"\nkind = "outage"\nstart = "0s"\nend = "600s"\n'
+    events = outages([dark], 0.0)
     config = lab_config(free_port(), events=events).replace(
         'path = "latency-router-lab.db"\ninterval = "5s"', f'path = "{store}"\ninterval = "1s"')
     assert str(store) in config

@@ -29,7 +29,7 @@ import dns.rdatatype
 import pytest
 
 from bind_support import MAIN_KEY, running_bind
-from daemon_support import Daemon, free_port, lab_config
+from daemon_support import Daemon, free_port, lab_config, outages
 from moto_support import moto_server
 from pdns_support import PowerDNS, dns_toml
 
@@ -52,9 +52,7 @@ name = "api"
 policy = "weighted"
 weights = {eu-west-1 = 170, us-east-1 = 60, ap-southeast-1 = 25}
 """
-EU_OUTAGE = "".join(
-    f'[[lab.events]]\nregion = "eu-west-1"\npath = "{p}"\nkind = "outage"\nstart = "{WEIGHTED_OUTAGE_AT_S:g}s"\n'
-    f'end = "600s"\n' for p in ("direct", "accelerator"))
+EU_OUTAGE = outages([("eu-west-1", "direct"), ("eu-west-1", "accelerator")], WEIGHTED_OUTAGE_AT_S)
 TSIG_ENV = "LR_TSIG_KEY"
 AWS_ACCESS = "AKIADAEMONTESTKEY0001"
 AWS_SECRET = "daemon/Route53+Secret+DoNotShow"
@@ -78,9 +76,7 @@ def test_the_daemon_keeps_powerdns_in_step_through_an_outage_and_a_dns_server_re
     daemon = None
     try:
         pdns.create_zone(ZONE)
-        events = "\n".join(
-            f'[[lab.events]]\nregion = "eu-west-1"\npath = "{p}"\nkind = "outage"\nstart = "{OUTAGE_AT_S:g}s"\n'
-            f'end = "600s"\n' for p in ("direct", "accelerator"))
+        events = outages([("eu-west-1", "direct"), ("eu-west-1", "accelerator")], OUTAGE_AT_S)
         port = free_port()
         config = lab_config(port, events=events, token_env="LR_TOKEN")
         config += dns_toml(pdns, ZONE, NAME)

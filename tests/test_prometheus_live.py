@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 import yaml
 
-from daemon_support import Daemon, free_port, lab_config
+from daemon_support import Daemon, free_port, lab_config, outages
 from deploy_support import RULES_YML, all_exprs
 
 pytestmark = pytest.mark.root
@@ -85,10 +85,7 @@ def prometheus(tmp_path):
 
 
 def test_every_dashboard_and_alert_expression_returns_data_from_a_real_prometheus(tmp_path, prometheus):
-    events = "\n".join(
-        f'[[lab.events]]\nregion = "{r}"\npath = "{p}"\nkind = "outage"\nstart = "{OUTAGE_AT_S:g}s"\nend = "600s"\n'
-        for r, p in PATHS
-    )
+    events = outages(PATHS, OUTAGE_AT_S)
     port = free_port()
     token_config = lab_config(port, events=events, token_env="LR_LIVE_TOKEN")
     workdir = tmp_path / "daemon"
