@@ -361,7 +361,7 @@ class _Row:
 class _Group:
     """Mutable per-group state: its rows, and whether they changed since the last snapshot."""
 
-    __slots__ = ("name", "gid", "rows", "dirty", "reshaped", "places", "token")
+    __slots__ = ("name", "gid", "rows", "dirty", "reshaped")
 
     def __init__(self, name: str, gid: int) -> None:
         self.name = name
@@ -369,11 +369,8 @@ class _Group:
         self.rows: dict[tuple[str, str], _Row] = {}  # by (region, path)
         self.dirty = False  # a row changed since the last snapshot (the group is then listed in the table's _changed)
         self.reshaped = False  # rows were added since the last snapshot
-        self.places: Mapping[tuple[str, str], int] = _EMPTY_PLACES  # (region, path) -> position, in key order
-        self.token: object = None
 
 
-_EMPTY_PLACES: Mapping[tuple[str, str], int] = MappingProxyType({})
 _new_tuple = tuple.__new__
 
 
@@ -663,12 +660,12 @@ class LatencyTable:
             if reshaped:
                 places = self._group_places = self._group_places.copy()
                 for g in reshaped:
-                    g.places = MappingProxyType({p: g.rows[p].i for p in sorted(g.rows)})
-                    places[g.name] = g.places
+                    # (region, path) -> position, in key order
+                    places[g.name] = MappingProxyType({p: g.rows[p].i for p in sorted(g.rows)})
                     g.reshaped = False
             for g in touched.values():
                 g.dirty = False
-                g.token = tokens[g.name] = object()
+                tokens[g.name] = object()
         metrics = {
             "ewma_ms": _column(self._ewma, n, np.float64),
             "p50_ms": _column(self._p50, n, np.float64),
